@@ -1,0 +1,407 @@
+"""Checkpoints: our on-disk format, the strict import of the official 12-in-1 weights, and
+initialising the text stream from a BERT checkpoint in the Hugging Face layout.
+
+Our format is a directory::
+
+    model.safetensors     weights (our parameter names)
+    config.json           ViLBERTConfig
+    checkpoint.json       format version, task table version and rows, provenance
+    answers/vqa.json      answer vocabularies (index -> answer string), when known
+    answers/gqa.json
+
+It is written atomically: into a temporary sibling directory that is renamed into place.
+
+The official import is driven by `official_key_map`: one explicit rule per key of the released
+`multi_task_model.bin` (560 keys), either the name it takes here or the reason it is dropped.
+Any missing, unexpected or mis-shaped key stops the import with an error naming that key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from vilbert.config import ViLBERTConfig
+from vilbert.heads import MultiTaskViLBERT
+from vilbert.tasks import TASK_TABLE_VERSION, TASKS, as_dict
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+META_FILE = "checkpoint.json"
+ANSWERS_DIR = "answers"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint does not match the model: names the offending key(s)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# The official key map
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KeyRule:
+    official: str
+    ours: str | None  # None: deliberately dropped
+    reason: str = ""  # why a key is dropped
+
+
+_BERT_LAYER = [  # (official suffix, our suffix) inside one BERT layer, in state_dict order
+    ("attention.self.query", "attention.query"),
+    ("attention.self.key", "attention.key"),
+    ("attention.self.value", "attention.value"),
+    ("attention.output.dense", "attention.out"),
+    ("attention.output.LayerNorm", "attention.norm"),
+    ("intermediate.dense", "ffn.up"),
+    ("output.dense", "ffn.down"),
+    ("output.LayerNorm", "ffn.norm"),
+]
+
+_CO_LAYER = [
+    ("biattention.query1", "image_query"),
+    ("biattention.key1", "image_key"),
+    ("biattention.value1", "image_value"),
+    ("biattention.query2", "text_query"),
+    ("biattention.key2", "text_key"),
+    ("biattention.value2", "text_value"),
+    ("biOutput.dense1", "image_out"),
+    ("biOutput.LayerNorm1", "image_norm"),
+    ("biOutput.q_dense1", "unused_image_proj"),
+    ("biOutput.dense2", "text_out"),
+    ("biOutput.LayerNorm2", "text_norm"),
+    ("biOutput.q_dense2", "unused_text_proj"),
+    ("v_intermediate.dense", "image_ffn.up"),
+    ("v_output.dense", "image_ffn.down"),
+    ("v_output.LayerNorm", "image_ffn.norm"),
+    ("t_intermediate.dense", "text_ffn.up"),
+    ("t_output.dense", "text_ffn.down"),
+    ("t_output.LayerNorm", "text_ffn.norm"),
+]
+
+_CLASSIFIER = [("logit_fc.0", "hidden"), ("logit_fc.2", "norm"), ("logit_fc.3", "out")]
+
+_PRETRAINING = "pretraining head (masked-LM / region-class / alignment); no 12-in-1 task reads it"
+
+
+def _wb(official: str, ours: str) -> list[KeyRule]:
+    return [KeyRule(f"{official}.weight", f"{ours}.weight"), KeyRule(f"{official}.bias", f"{ours}.bias")]
+
+
+def text_embedding_rules(prefix: str = "bert.") -> list[KeyRule]:
+    """Text embeddings; `prefix=""` gives the Hugging Face BertModel names."""
+    e, o = f"{prefix}embeddings", "trunk.text_embeddings"
+    return [
+        KeyRule(f"{e}.word_embeddings.weight", f"{o}.word.weight"),
+        KeyRule(f"{e}.position_embeddings.weight", f"{o}.position.weight"),
+        KeyRule(f"{e}.token_type_embeddings.weight", f"{o}.token_type.weight"),
+        *_wb(f"{e}.LayerNorm", f"{o}.norm"),
+    ]
+
+
+def text_layer_rules(index: int, prefix: str = "bert.") -> list[KeyRule]:
+    rules: list[KeyRule] = []
+    for official, ours in _BERT_LAYER:
+        rules += _wb(f"{prefix}encoder.layer.{index}.{official}", f"trunk.text_layers.{index}.{ours}")
+    return rules
+
+
+def official_key_map(cfg: ViLBERTConfig) -> list[KeyRule]:
+    """One rule per key of the official VILBertForVLTasks state_dict, in its order."""
+    rules = text_embedding_rules()
+    if cfg.task_specific_tokens:
+        rules.append(KeyRule("bert.embeddings.task_embeddings.weight", "trunk.text_embeddings.task.weight"))
+    rules += _wb("bert.v_embeddings.image_embeddings", "trunk.image_embeddings.features")
+    rules += _wb("bert.v_embeddings.image_location_embeddings", "trunk.image_embeddings.locations")
+    rules += _wb("bert.v_embeddings.LayerNorm", "trunk.image_embeddings.norm")
+    for i in range(cfg.num_hidden_layers):
+        rules += text_layer_rules(i)
+    for i in range(cfg.v_num_hidden_layers):
+        for official, ours in _BERT_LAYER:
+            rules += _wb(f"bert.encoder.v_layer.{i}.{official}", f"trunk.image_layers.{i}.{ours}")
+    for k in range(cfg.num_co_layers):
+        for official, ours in _CO_LAYER:
+            rules += _wb(f"bert.encoder.c_layer.{k}.{official}", f"trunk.co_layers.{k}.{ours}")
+    rules += _wb("bert.t_pooler.dense", "trunk.text_pooler.dense")
+    rules += _wb("bert.v_pooler.dense", "trunk.image_pooler.dense")
+    dropped = [
+        "cls.predictions.bias",
+        "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.decoder.weight",
+        "cls.bi_seq_relationship.weight", "cls.bi_seq_relationship.bias",
+        "cls.imagePredictions.transform.dense.weight", "cls.imagePredictions.transform.dense.bias",
+        "cls.imagePredictions.transform.LayerNorm.weight", "cls.imagePredictions.transform.LayerNorm.bias",
+        "cls.imagePredictions.decoder.weight", "cls.imagePredictions.decoder.bias",
+    ]
+    rules += [KeyRule(k, None, _PRETRAINING) for k in dropped]
+    for official, ours in (("vil_prediction", "heads.answer"), ("vil_prediction_gqa", "heads.answer_gqa"),
+                           ("vil_binary_prediction", "heads.pair")):
+        for o_suffix, our_suffix in _CLASSIFIER:
+            rules += _wb(f"{official}.{o_suffix}", f"{ours}.{our_suffix}")
+    rules += _wb("vil_logit", "heads.match")
+    rules += _wb("vil_tri_prediction", "heads.triple")
+    rules += _wb("vision_logit", "heads.region.score")
+    rules += [KeyRule(f"linguisic_logit.{s}", None, "per-token text logit; no 12-in-1 task uses it")
+              for s in ("weight", "bias")]
+    return rules
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading official files
+# ---------------------------------------------------------------------------------------------
+
+
+def normalise_official_names(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Undo the two renamings seen in the wild: a DataParallel `module.` prefix, and the old
+    TensorFlow-style LayerNorm names `gamma`/`beta` (the reference loader does the same)."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        name = key.removeprefix("module.")
+        if name.endswith(".gamma"):
+            name = name[: -len(".gamma")] + ".weight"
+        elif name.endswith(".beta"):
+            name = name[: -len(".beta")] + ".bias"
+        if name in out:
+            raise CheckpointError(f"two keys map to {name!r} after normalising names (one is {key!r})")
+        out[name] = value
+    return out
+
+
+def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A PyTorch pickle loaded safely (`weights_only=True`); unwraps {'state_dict': ...}/{'model': ...}."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # the unpickler's own errors are cryptic; say what we expected
+        raise CheckpointError(f"{path}: not a loadable PyTorch weights file ({exc})") from exc
+    for wrapper in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state_dict (a dict of tensors)")
+    return obj
+
+
+def convert_official_state_dict(state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig
+                                ) -> dict[str, torch.Tensor]:
+    """Official names -> ours, strictly: every key present, none unexpected, every shape right."""
+    state = normalise_official_names(state)
+    rules = official_key_map(cfg)
+    expected = {name: tuple(t.shape) for name, t in MultiTaskViLBERT(cfg).state_dict().items()}
+    by_official = {r.official: r for r in rules}
+    missing = [r.official for r in rules if r.official not in state]
+    unexpected = [k for k in state if k not in by_official]
+    problems: list[str] = []
+    if missing:
+        problems.append(f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
+    if unexpected:
+        problems.append(f"unexpected keys: {', '.join(unexpected[:10])}"
+                        + (" ..." if len(unexpected) > 10 else ""))
+    converted: dict[str, torch.Tensor] = {}
+    for rule in rules:
+        if rule.ours is None or rule.official not in state:
+            continue
+        tensor = state[rule.official]
+        want = expected[rule.ours]
+        if tuple(tensor.shape) != want:
+            problems.append(f"{rule.official}: shape {list(tensor.shape)}, expected {list(want)}")
+            continue
+        converted[rule.ours] = tensor.detach().to(torch.float32).clone()
+    if problems:
+        raise CheckpointError("official checkpoint does not match the model: " + "; ".join(problems))
+    uncovered = sorted(set(expected) - set(converted))
+    if uncovered:  # a bug in the key map, not in the user's file
+        raise CheckpointError(f"key map leaves model parameters unset: {', '.join(uncovered)}")
+    return converted
+
+
+def to_official_state_dict(model_state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig
+                           ) -> dict[str, torch.Tensor]:
+    """Our names -> official names for the keys we keep (dropped keys are absent)."""
+    return {r.official: model_state[r.ours] for r in official_key_map(cfg) if r.ours is not None}
+
+
+def load_official(path: str | Path, cfg: ViLBERTConfig | None = None) -> MultiTaskViLBERT:
+    """Build the `base` model (or `cfg`) from a released `multi_task_model.bin`."""
+    from vilbert.config import base
+
+    cfg = cfg or base()
+    model = MultiTaskViLBERT(cfg)
+    model.load_state_dict(convert_official_state_dict(read_torch_state_dict(path), cfg), strict=True)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Text stream from a Hugging Face BERT (MiniLM for the demo preset)
+# ---------------------------------------------------------------------------------------------
+
+_HF_IGNORED = ("embeddings.position_ids", "pooler.dense.weight", "pooler.dense.bias")
+
+
+def hf_bert_key_map(cfg: ViLBERTConfig) -> list[KeyRule]:
+    """HF `BertModel` names -> our text stream (pooler dropped: ours projects to the co-attention width)."""
+    rules = text_embedding_rules(prefix="")
+    for i in range(cfg.num_hidden_layers):
+        rules += text_layer_rules(i, prefix="")
+    return rules
+
+
+def read_hf_bert(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights of an HF BERT directory or file (`model.safetensors` preferred, else `pytorch_model.bin`)."""
+    path = Path(path)
+    if path.is_dir():
+        for name in ("model.safetensors", "pytorch_model.bin"):
+            if (path / name).is_file():
+                path = path / name
+                break
+        else:
+            raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in {path}")
+    state = load_file(str(path)) if path.suffix == ".safetensors" else read_torch_state_dict(path)
+    # BertForPreTraining & co. prefix the encoder with "bert."; the bare BertModel does not.
+    return {k.removeprefix("bert."): v for k, v in state.items() if not k.startswith("cls.")}
+
+
+def init_text_stream_from_hf_bert(model: MultiTaskViLBERT, path: str | Path) -> list[str]:
+    """Copy embeddings and text layers from an HF BERT checkpoint; strict on shapes and coverage.
+
+    Returns the names of our parameters that were set.
+    """
+    cfg = model.config
+    state = read_hf_bert(path)
+    rules = hf_bert_key_map(cfg)
+    missing = [r.official for r in rules if r.official not in state]
+    if missing:
+        raise CheckpointError(f"{path}: BERT checkpoint lacks {', '.join(missing[:10])} "
+                              f"(does it have {cfg.num_hidden_layers} layers?)")
+    known = {r.official for r in rules} | set(_HF_IGNORED)
+    extra_layers = sorted(k for k in state if k not in known)
+    if extra_layers:
+        raise CheckpointError(f"{path}: keys the text stream cannot take: {', '.join(extra_layers[:10])}")
+    ours = model.state_dict()
+    loaded: list[str] = []
+    with torch.no_grad():
+        for rule in rules:
+            src, dst = state[rule.official], ours[rule.ours]
+            if src.shape != dst.shape:
+                raise CheckpointError(f"{path}: {rule.official} has shape {list(src.shape)}, "
+                                      f"the model needs {list(dst.shape)}")
+            dst.copy_(src.to(dst.dtype))
+            loaded.append(rule.ours)
+    return loaded
+
+
+# ---------------------------------------------------------------------------------------------
+# Our format
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Checkpoint:
+    model: MultiTaskViLBERT
+    answers: dict[str, list[str]] = field(default_factory=dict)  # vocabulary name -> answers
+    meta: dict = field(default_factory=dict)
+
+
+def _atomic_write_dir(target: Path, write) -> None:
+    """Write a directory's content via `write(tmp_dir)` into a sibling temp dir, then swap it in."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        write(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        if target.exists():
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _recover(target: Path) -> None:
+    """If a crash fell between the two renames of `_atomic_write_dir`, restore the old copy."""
+    if target.exists():
+        return
+    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds:
+        os.replace(olds[-1], target)
+
+
+def save_checkpoint(path: str | Path, model: MultiTaskViLBERT, answers: Mapping[str, list[str]] | None = None,
+                    meta: Mapping | None = None) -> Path:
+    path = Path(path)
+    answers = dict(answers or {})
+    for name, vocab in answers.items():
+        size = {"vqa": model.config.num_answers, "gqa": model.config.num_answers_gqa}.get(name)
+        if size is not None and len(vocab) > size:
+            raise CheckpointError(f"answer vocabulary {name!r} has {len(vocab)} entries; the head has {size}")
+
+    def write(tmp: Path) -> None:
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "twelve-in-one"})
+        model.config.save(tmp / CONFIG_FILE)
+        info = {
+            "format_version": FORMAT_VERSION,
+            "task_table_version": TASK_TABLE_VERSION,
+            "tasks": [as_dict(t) for t in TASKS],
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "answer_vocabularies": sorted(answers),
+            **dict(meta or {}),
+        }
+        (tmp / META_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        if answers:
+            (tmp / ANSWERS_DIR).mkdir()
+            for name, vocab in answers.items():
+                (tmp / ANSWERS_DIR / f"{name}.json").write_text(json.dumps(list(vocab)))
+
+    _atomic_write_dir(path, write)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
+    """Load our format strictly; an error names any missing, unexpected or mis-shaped key."""
+    path = Path(path)
+    _recover(path)
+    for name in (WEIGHTS_FILE, CONFIG_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path} is not a twelve-in-one checkpoint: {name} is missing")
+    cfg = ViLBERTConfig.load(path / CONFIG_FILE)
+    meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this code "
+                              f"({FORMAT_VERSION})")
+    model = MultiTaskViLBERT(cfg)
+    state = load_file(str(path / WEIGHTS_FILE), device=map_location)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
+              if k in state and state[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(f"{path}: weights do not match config.json — missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}, mis-shaped {shapes[:5]}")
+    model.load_state_dict(state, strict=True)
+    answers = {}
+    if (path / ANSWERS_DIR).is_dir():
+        for f in sorted((path / ANSWERS_DIR).glob("*.json")):
+            answers[f.stem] = json.loads(f.read_text())
+    return Checkpoint(model, answers, meta)

@@ -1,0 +1,153 @@
+"""The six task heads of the released checkpoint, and the multi-task model around the trunk.
+
+Twelve tasks share six head weight sets (vilbert/tasks.py `Head`):
+
+    answer      MLP(fused)                 -> num_answers      VQA v2, VG QA
+    answer_gqa  MLP(fused)                 -> num_answers_gqa  GQA
+    match       Linear(fused)              -> 1                COCO / Flickr30k retrieval
+    region      Linear(region states)      -> 1 per region     RefCOCO/+/g, Visual7W, GuessWhat
+    pair        MLP([fused_img0, fused_img1]) -> 2             NLVR2 (two images per example)
+    triple      Linear(fused)              -> 3                SNLI-VE
+
+`MultiTaskViLBERT.forward` runs the trunk and only the requested task's head.  Two-image tasks
+receive their images on an explicit image axis (B, 2, R, F); nothing is inferred from the batch
+size being even.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from vilbert.config import ViLBERTConfig
+from vilbert.modeling import MASK_VALUE, TextPrefix, TrunkOutput, ViLBERTTrunk, init_weights
+from vilbert.tasks import Head, Task
+
+
+class MLPClassifier(nn.Module):
+    """Linear -> GELU -> LayerNorm -> Linear (the reference's SimpleClassifier)."""
+
+    def __init__(self, width: int, hidden: int, classes: int, eps: float) -> None:
+        super().__init__()
+        self.hidden = nn.Linear(width, hidden)
+        self.norm = nn.LayerNorm(hidden, eps=eps)
+        self.out = nn.Linear(hidden, classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.norm(nn.functional.gelu(self.hidden(x))))
+
+
+class RegionScorer(nn.Module):
+    """One logit per region; padded regions get the reference's -10000 after the Linear."""
+
+    def __init__(self, width: int, dropout: float) -> None:
+        super().__init__()
+        self.score = nn.Linear(width, 1)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, region_states: Tensor, region_mask: Tensor) -> Tensor:
+        # (B, R, H_v), (B, R) -> (B, R)
+        logits = self.score(self.dropout(region_states)).squeeze(-1)
+        return logits + (1.0 - region_mask.to(logits.dtype)) * MASK_VALUE
+
+
+class TaskHeads(nn.Module):
+    """The six head weight sets; each method takes exactly what its head reads."""
+
+    def __init__(self, cfg: ViLBERTConfig) -> None:
+        super().__init__()
+        bi, eps = cfg.bi_hidden_size, cfg.layer_norm_eps
+        hidden = cfg.classifier_hidden_mult * bi
+        self.dropout = nn.Dropout(cfg.fused_dropout_prob)
+        self.answer = MLPClassifier(bi, hidden, cfg.num_answers, eps)
+        self.answer_gqa = MLPClassifier(bi, hidden, cfg.num_answers_gqa, eps)
+        self.match = nn.Linear(bi, 1)
+        self.region = RegionScorer(cfg.v_hidden_size, cfg.fused_dropout_prob)
+        self.pair = MLPClassifier(2 * bi, hidden, 2, eps)
+        self.triple = nn.Linear(bi, 3)
+
+    def fused_logits(self, head: Head, fused: Tensor) -> Tensor:
+        """Heads that read the fused vector: (B, H_bi) -> (B, C); `match` gives (B,)."""
+        x = self.dropout(fused)
+        match head:
+            case Head.ANSWER:
+                return self.answer(x)
+            case Head.ANSWER_GQA:
+                return self.answer_gqa(x)
+            case Head.MATCH:
+                return self.match(x).squeeze(-1)
+            case Head.TRIPLE:
+                return self.triple(x)
+            case _:
+                raise ValueError(f"head {head} does not read a single fused vector")
+
+    def pair_logits(self, fused_pairs: Tensor) -> Tensor:
+        """(B, 2, H_bi): the fused vectors of (statement, image 0) and (statement, image 1) -> (B, 2)."""
+        x = self.dropout(fused_pairs)
+        return self.pair(x.reshape(x.shape[0], -1))
+
+    def region_logits(self, region_states: Tensor, region_mask: Tensor) -> Tensor:
+        return self.region(region_states, region_mask)
+
+
+class HeadOutput(NamedTuple):
+    """A task's logits plus the trunk output they came from."""
+
+    logits: Tensor  # answer: (B, A); match: (B,); region: (B, R); pair: (B, 2); triple: (B, 3)
+    trunk: TrunkOutput
+
+
+class MultiTaskViLBERT(nn.Module):
+    """Trunk + six heads.  `forward(task, ...)` computes only that task's head."""
+
+    def __init__(self, cfg: ViLBERTConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.trunk = ViLBERTTrunk(cfg)
+        self.heads = TaskHeads(cfg)
+        init_weights(self)
+
+    def forward(self, task: Task, input_ids: Tensor, attention_mask: Tensor, region_features: Tensor,
+                region_locations: Tensor, region_mask: Tensor, task_ids: Tensor | None = None,
+                token_type_ids: Tensor | None = None) -> HeadOutput:
+        """Run one task.
+
+        Text: (B, T).  Regions: (B, R, F) for one-image tasks, (B, I, R, F) with
+        I = task.images_per_example for multi-image tasks (NLVR2).  `task_ids` defaults to the
+        task's official id for every row; pass others for the token ablations.
+        """
+        if task_ids is None:
+            task_ids = torch.full((input_ids.shape[0],), task.task_id, dtype=torch.long,
+                                  device=input_ids.device)
+        images = task.images_per_example
+        if images > 1:
+            if region_features.dim() != 4 or region_features.shape[1] != images:
+                raise ValueError(f"{task.slug} expects regions shaped (B, {images}, R, F), "
+                                 f"got {tuple(region_features.shape)}")
+            # Row b*I + i is (text b, image i): the text is repeated once per image.
+            input_ids, attention_mask, task_ids = (
+                t.repeat_interleave(images, dim=0) for t in (input_ids, attention_mask, task_ids))
+            if token_type_ids is not None:
+                token_type_ids = token_type_ids.repeat_interleave(images, dim=0)
+            region_features, region_locations, region_mask = (
+                t.flatten(0, 1) for t in (region_features, region_locations, region_mask))
+        out = self.trunk(input_ids, attention_mask, task_ids, region_features, region_locations,
+                         region_mask, token_type_ids)
+        return HeadOutput(self.head_logits(task.head, out, region_mask, images), out)
+
+    def head_logits(self, head: Head, out: TrunkOutput, region_mask: Tensor, images: int = 1) -> Tensor:
+        match head:
+            case Head.REGION:
+                return self.heads.region_logits(out.region_states, region_mask)
+            case Head.PAIR:
+                return self.heads.pair_logits(out.fused.view(-1, images, out.fused.shape[-1]))
+            case _:
+                return self.heads.fused_logits(head, out.fused)
+
+    def score_against_images(self, task: Task, prefix: TextPrefix, region_features: Tensor,
+                             region_locations: Tensor, region_mask: Tensor) -> Tensor:
+        """Score one cached text prefix (batch 1) against N images; returns (N,) match logits."""
+        out = self.trunk.encode_joint(prefix, region_features, region_locations, region_mask)
+        return self.head_logits(task.head, out, region_mask)
