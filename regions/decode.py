@@ -166,6 +166,21 @@ def _sniff_unsupported(data: bytes) -> str | None:
     return None
 
 
+def _sniff_accepted(data: bytes) -> str | None:
+    """Which accepted format the signature claims, if any (to tell 'cut short' from 'not an image')."""
+    if data.startswith(b"\xff\xd8"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG"):
+        return "PNG"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data.startswith(b"BM") and len(data) >= 6:
+        return "BMP"
+    return None
+
+
 def _damage(error: BaseException) -> str:
     """'truncated' or 'corrupt', from Pillow's message (it says which, in varying words)."""
     text = f"{type(error).__name__} {error}".lower()
@@ -230,6 +245,10 @@ def decode_image(
     try:
         img = Image.open(io.BytesIO(data), formats=_PILLOW_FORMATS_TO_TRY)
     except UnidentifiedImageError as e:
+        accepted = _sniff_accepted(data)
+        if accepted is not None:
+            # The signature is right but Pillow could not even read the header: cut short or mangled.
+            raise CorruptImageError(f"truncated or corrupt {accepted} image: unreadable header") from e
         raise NotAnImageError(
             f"bytes are not a recognisable image (first bytes {data[:8]!r}); "
             f"accepted formats are {', '.join(ACCEPTED_FORMATS)}"
@@ -238,7 +257,8 @@ def decode_image(
         raise ImageTooLargeError(f"image exceeds the pixel limit: {e}") from e
     except (OSError, SyntaxError, ValueError, struct.error, EOFError, zlib.error) as e:
         # A format we accept was recognised from its signature but its header is damaged or cut.
-        raise CorruptImageError(f"{_damage(e)} image header: {e}") from e
+        claimed = _sniff_accepted(data) or "image"
+        raise CorruptImageError(f"{_damage(e)} {claimed} header: {e}") from e
 
     fmt = _FORMAT_ALIASES.get(img.format or "", img.format or "unknown")
     if fmt not in ACCEPTED_FORMATS:  # defensive: `formats=` already restricts the plugins tried

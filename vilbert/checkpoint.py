@@ -136,24 +136,35 @@ def official_key_map(cfg: ViLBERTConfig) -> list[KeyRule]:
     rules += _wb("bert.v_pooler.dense", "trunk.image_pooler.dense")
     dropped = [
         "cls.predictions.bias",
-        "cls.predictions.transform.dense.weight", "cls.predictions.transform.dense.bias",
-        "cls.predictions.transform.LayerNorm.weight", "cls.predictions.transform.LayerNorm.bias",
+        "cls.predictions.transform.dense.weight",
+        "cls.predictions.transform.dense.bias",
+        "cls.predictions.transform.LayerNorm.weight",
+        "cls.predictions.transform.LayerNorm.bias",
         "cls.predictions.decoder.weight",
-        "cls.bi_seq_relationship.weight", "cls.bi_seq_relationship.bias",
-        "cls.imagePredictions.transform.dense.weight", "cls.imagePredictions.transform.dense.bias",
-        "cls.imagePredictions.transform.LayerNorm.weight", "cls.imagePredictions.transform.LayerNorm.bias",
-        "cls.imagePredictions.decoder.weight", "cls.imagePredictions.decoder.bias",
+        "cls.bi_seq_relationship.weight",
+        "cls.bi_seq_relationship.bias",
+        "cls.imagePredictions.transform.dense.weight",
+        "cls.imagePredictions.transform.dense.bias",
+        "cls.imagePredictions.transform.LayerNorm.weight",
+        "cls.imagePredictions.transform.LayerNorm.bias",
+        "cls.imagePredictions.decoder.weight",
+        "cls.imagePredictions.decoder.bias",
     ]
     rules += [KeyRule(k, None, _PRETRAINING) for k in dropped]
-    for official, ours in (("vil_prediction", "heads.answer"), ("vil_prediction_gqa", "heads.answer_gqa"),
-                           ("vil_binary_prediction", "heads.pair")):
+    for official, ours in (
+        ("vil_prediction", "heads.answer"),
+        ("vil_prediction_gqa", "heads.answer_gqa"),
+        ("vil_binary_prediction", "heads.pair"),
+    ):
         for o_suffix, our_suffix in _CLASSIFIER:
             rules += _wb(f"{official}.{o_suffix}", f"{ours}.{our_suffix}")
     rules += _wb("vil_logit", "heads.match")
     rules += _wb("vil_tri_prediction", "heads.triple")
     rules += _wb("vision_logit", "heads.region.score")
-    rules += [KeyRule(f"linguisic_logit.{s}", None, "per-token text logit; no 12-in-1 task uses it")
-              for s in ("weight", "bias")]
+    rules += [
+        KeyRule(f"linguisic_logit.{s}", None, "per-token text logit; no 12-in-1 task uses it")
+        for s in ("weight", "bias")
+    ]
     return rules
 
 
@@ -195,8 +206,9 @@ def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def convert_official_state_dict(state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig
-                                ) -> dict[str, torch.Tensor]:
+def convert_official_state_dict(
+    state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig
+) -> dict[str, torch.Tensor]:
     """Official names -> ours, strictly: every key present, none unexpected, every shape right."""
     state = normalise_official_names(state)
     rules = official_key_map(cfg)
@@ -208,8 +220,9 @@ def convert_official_state_dict(state: Mapping[str, torch.Tensor], cfg: ViLBERTC
     if missing:
         problems.append(f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
     if unexpected:
-        problems.append(f"unexpected keys: {', '.join(unexpected[:10])}"
-                        + (" ..." if len(unexpected) > 10 else ""))
+        problems.append(
+            f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else "")
+        )
     converted: dict[str, torch.Tensor] = {}
     for rule in rules:
         if rule.ours is None or rule.official not in state:
@@ -228,8 +241,9 @@ def convert_official_state_dict(state: Mapping[str, torch.Tensor], cfg: ViLBERTC
     return converted
 
 
-def to_official_state_dict(model_state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig
-                           ) -> dict[str, torch.Tensor]:
+def to_official_state_dict(
+    model_state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig
+) -> dict[str, torch.Tensor]:
     """Our names -> official names for the keys we keep (dropped keys are absent)."""
     return {r.official: model_state[r.ours] for r in official_key_map(cfg) if r.ours is not None}
 
@@ -284,8 +298,10 @@ def init_text_stream_from_hf_bert(model: MultiTaskViLBERT, path: str | Path) -> 
     rules = hf_bert_key_map(cfg)
     missing = [r.official for r in rules if r.official not in state]
     if missing:
-        raise CheckpointError(f"{path}: BERT checkpoint lacks {', '.join(missing[:10])} "
-                              f"(does it have {cfg.num_hidden_layers} layers?)")
+        raise CheckpointError(
+            f"{path}: BERT checkpoint lacks {', '.join(missing[:10])} "
+            f"(does it have {cfg.num_hidden_layers} layers?)"
+        )
     known = {r.official for r in rules} | set(_HF_IGNORED)
     extra_layers = sorted(k for k in state if k not in known)
     if extra_layers:
@@ -296,8 +312,9 @@ def init_text_stream_from_hf_bert(model: MultiTaskViLBERT, path: str | Path) -> 
         for rule in rules:
             src, dst = state[rule.official], ours[rule.ours]
             if src.shape != dst.shape:
-                raise CheckpointError(f"{path}: {rule.official} has shape {list(src.shape)}, "
-                                      f"the model needs {list(dst.shape)}")
+                raise CheckpointError(
+                    f"{path}: {rule.official} has shape {list(src.shape)}, the model needs {list(dst.shape)}"
+                )
             dst.copy_(src.to(dst.dtype))
             loaded.append(rule.ours)
     return loaded
@@ -346,8 +363,12 @@ def _recover(target: Path) -> None:
         os.replace(olds[-1], target)
 
 
-def save_checkpoint(path: str | Path, model: MultiTaskViLBERT, answers: Mapping[str, list[str]] | None = None,
-                    meta: Mapping | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path,
+    model: MultiTaskViLBERT,
+    answers: Mapping[str, list[str]] | None = None,
+    meta: Mapping | None = None,
+) -> Path:
     path = Path(path)
     answers = dict(answers or {})
     for name, vocab in answers.items():
@@ -387,18 +408,24 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     cfg = ViLBERTConfig.load(path / CONFIG_FILE)
     meta = json.loads((path / META_FILE).read_text()) if (path / META_FILE).is_file() else {}
     if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise CheckpointError(f"{path}: format version {meta['format_version']} is newer than this code "
-                              f"({FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: format version {meta['format_version']} is newer than this code ({FORMAT_VERSION})"
+        )
     model = MultiTaskViLBERT(cfg)
     state = load_file(str(path / WEIGHTS_FILE), device=map_location)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = [f"{k}: {list(state[k].shape)} vs {list(v.shape)}" for k, v in expected.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k}: {list(state[k].shape)} vs {list(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        raise CheckpointError(f"{path}: weights do not match config.json — missing {missing[:5]}, "
-                              f"unexpected {unexpected[:5]}, mis-shaped {shapes[:5]}")
+        raise CheckpointError(
+            f"{path}: weights do not match config.json — missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, mis-shaped {shapes[:5]}"
+        )
     model.load_state_dict(state, strict=True)
     answers = {}
     if (path / ANSWERS_DIR).is_dir():

@@ -67,18 +67,25 @@ class ViLBERTConfig:
         """Fail early, naming the field, on shapes the model cannot be built with."""
         checks = [
             (self.hidden_size % self.num_attention_heads == 0, "hidden_size % num_attention_heads"),
-            (self.v_hidden_size % self.v_num_attention_heads == 0,
-             "v_hidden_size % v_num_attention_heads"),
-            (self.bi_hidden_size % self.bi_num_attention_heads == 0,
-             "bi_hidden_size % bi_num_attention_heads"),
-            (len(self.v_biattention_id) == len(self.t_biattention_id),
-             "len(v_biattention_id) == len(t_biattention_id)"),
+            (self.v_hidden_size % self.v_num_attention_heads == 0, "v_hidden_size % v_num_attention_heads"),
+            (
+                self.bi_hidden_size % self.bi_num_attention_heads == 0,
+                "bi_hidden_size % bi_num_attention_heads",
+            ),
+            (
+                len(self.v_biattention_id) == len(self.t_biattention_id),
+                "len(v_biattention_id) == len(t_biattention_id)",
+            ),
             (list(self.v_biattention_id) == sorted(self.v_biattention_id), "v_biattention_id sorted"),
             (list(self.t_biattention_id) == sorted(self.t_biattention_id), "t_biattention_id sorted"),
-            (all(0 <= i <= self.v_num_hidden_layers for i in self.v_biattention_id),
-             "v_biattention_id within [0, v_num_hidden_layers]"),
-            (all(0 <= i <= self.num_hidden_layers for i in self.t_biattention_id),
-             "t_biattention_id within [0, num_hidden_layers]"),
+            (
+                all(0 <= i <= self.v_num_hidden_layers for i in self.v_biattention_id),
+                "v_biattention_id within [0, v_num_hidden_layers]",
+            ),
+            (
+                all(0 <= i <= self.num_hidden_layers for i in self.t_biattention_id),
+                "t_biattention_id within [0, num_hidden_layers]",
+            ),
             (len(self.t_biattention_id) >= 1, "at least one co-attention layer"),
         ]
         for ok, what in checks:
@@ -141,11 +148,30 @@ class ViLBERTConfig:
 # Official JSON fields the reference code reads as no-ops or that configure pretraining only.
 IGNORED_OFFICIAL = frozenset(
     {
-        "hidden_act", "v_hidden_act", "initializer_range", "v_initializer_range", "bi_intermediate_size",
-        "bi_attention_type", "pooling_method", "fusion_method", "v_target_size", "visual_target",
-        "fast_mode", "fixed_v_layer", "fixed_t_layer", "in_batch_pairs", "with_coattention",
-        "dynamic_attention", "objective", "visualization", "model", "v_attention_type",
-        "predict_feature", "num_negative", "bi_hidden_dropout_prob", "intra_gate",
+        "hidden_act",
+        "v_hidden_act",
+        "initializer_range",
+        "v_initializer_range",
+        "bi_intermediate_size",
+        "bi_attention_type",
+        "pooling_method",
+        "fusion_method",
+        "v_target_size",
+        "visual_target",
+        "fast_mode",
+        "fixed_v_layer",
+        "fixed_t_layer",
+        "in_batch_pairs",
+        "with_coattention",
+        "dynamic_attention",
+        "objective",
+        "visualization",
+        "model",
+        "v_attention_type",
+        "predict_feature",
+        "num_negative",
+        "bi_hidden_dropout_prob",
+        "intra_gate",
     }
 )
 
@@ -158,11 +184,19 @@ def base() -> ViLBERTConfig:
 def demo(v_feature_size: int = 256) -> ViLBERTConfig:
     """MiniLM-L6-shaped text stream + small vision/co-attention streams (trains on CPU)."""
     return ViLBERTConfig(
-        hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536,
-        v_feature_size=v_feature_size, v_hidden_size=256, v_num_hidden_layers=2,
-        v_num_attention_heads=4, v_intermediate_size=512,
-        bi_hidden_size=256, bi_num_attention_heads=4,
-        v_biattention_id=[0, 1], t_biattention_id=[4, 5],
+        hidden_size=384,
+        num_hidden_layers=6,
+        num_attention_heads=12,
+        intermediate_size=1536,
+        v_feature_size=v_feature_size,
+        v_hidden_size=256,
+        v_num_hidden_layers=2,
+        v_num_attention_heads=4,
+        v_intermediate_size=512,
+        bi_hidden_size=256,
+        bi_num_attention_heads=4,
+        v_biattention_id=[0, 1],
+        t_biattention_id=[4, 5],
         preset="demo",
     )
 
@@ -170,11 +204,23 @@ def demo(v_feature_size: int = 256) -> ViLBERTConfig:
 def tiny(v_feature_size: int = 16) -> ViLBERTConfig:
     """Hidden 32, 2 layers per stream; small answer vocabularies. For tests."""
     return ViLBERTConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-        max_position_embeddings=320, v_feature_size=v_feature_size, v_hidden_size=32,
-        v_num_hidden_layers=2, v_num_attention_heads=2, v_intermediate_size=48,
-        bi_hidden_size=32, bi_num_attention_heads=2, v_biattention_id=[0, 1], t_biattention_id=[1, 2],
-        num_answers=11, num_answers_gqa=7, preset="tiny",
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=320,
+        v_feature_size=v_feature_size,
+        v_hidden_size=32,
+        v_num_hidden_layers=2,
+        v_num_attention_heads=2,
+        v_intermediate_size=48,
+        bi_hidden_size=32,
+        bi_num_attention_heads=2,
+        v_biattention_id=[0, 1],
+        t_biattention_id=[1, 2],
+        num_answers=11,
+        num_answers_gqa=7,
+        preset="tiny",
     )
 
 

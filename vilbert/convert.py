@@ -21,7 +21,7 @@ def read_label2ans(path: Path) -> list[str]:
     Plain `pickle` is only used on a list of strings the user points at; anything else is refused.
     """
     with open(path, "rb") as fh:
-        obj = pickle.load(fh)  # noqa: S301 - a user-provided vocabulary, validated below
+        obj = pickle.load(fh)
     if not isinstance(obj, list) or not all(isinstance(a, str) for a in obj):
         raise ValueError(f"{path}: expected a pickled list of answer strings")
     return obj

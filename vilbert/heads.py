@@ -109,9 +109,17 @@ class MultiTaskViLBERT(nn.Module):
         self.heads = TaskHeads(cfg)
         init_weights(self)
 
-    def forward(self, task: Task, input_ids: Tensor, attention_mask: Tensor, region_features: Tensor,
-                region_locations: Tensor, region_mask: Tensor, task_ids: Tensor | None = None,
-                token_type_ids: Tensor | None = None) -> HeadOutput:
+    def forward(
+        self,
+        task: Task,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        region_features: Tensor,
+        region_locations: Tensor,
+        region_mask: Tensor,
+        task_ids: Tensor | None = None,
+        token_type_ids: Tensor | None = None,
+    ) -> HeadOutput:
         """Run one task.
 
         Text: (B, T).  Regions: (B, R, F) for one-image tasks, (B, I, R, F) with
@@ -119,22 +127,34 @@ class MultiTaskViLBERT(nn.Module):
         task's official id for every row; pass others for the token ablations.
         """
         if task_ids is None:
-            task_ids = torch.full((input_ids.shape[0],), task.task_id, dtype=torch.long,
-                                  device=input_ids.device)
+            task_ids = torch.full(
+                (input_ids.shape[0],), task.task_id, dtype=torch.long, device=input_ids.device
+            )
         images = task.images_per_example
         if images > 1:
             if region_features.dim() != 4 or region_features.shape[1] != images:
-                raise ValueError(f"{task.slug} expects regions shaped (B, {images}, R, F), "
-                                 f"got {tuple(region_features.shape)}")
+                raise ValueError(
+                    f"{task.slug} expects regions shaped (B, {images}, R, F), "
+                    f"got {tuple(region_features.shape)}"
+                )
             # Row b*I + i is (text b, image i): the text is repeated once per image.
             input_ids, attention_mask, task_ids = (
-                t.repeat_interleave(images, dim=0) for t in (input_ids, attention_mask, task_ids))
+                t.repeat_interleave(images, dim=0) for t in (input_ids, attention_mask, task_ids)
+            )
             if token_type_ids is not None:
                 token_type_ids = token_type_ids.repeat_interleave(images, dim=0)
             region_features, region_locations, region_mask = (
-                t.flatten(0, 1) for t in (region_features, region_locations, region_mask))
-        out = self.trunk(input_ids, attention_mask, task_ids, region_features, region_locations,
-                         region_mask, token_type_ids)
+                t.flatten(0, 1) for t in (region_features, region_locations, region_mask)
+            )
+        out = self.trunk(
+            input_ids,
+            attention_mask,
+            task_ids,
+            region_features,
+            region_locations,
+            region_mask,
+            token_type_ids,
+        )
         return HeadOutput(self.head_logits(task.head, out, region_mask, images), out)
 
     def head_logits(self, head: Head, out: TrunkOutput, region_mask: Tensor, images: int = 1) -> Tensor:
@@ -146,8 +166,14 @@ class MultiTaskViLBERT(nn.Module):
             case _:
                 return self.heads.fused_logits(head, out.fused)
 
-    def score_against_images(self, task: Task, prefix: TextPrefix, region_features: Tensor,
-                             region_locations: Tensor, region_mask: Tensor) -> Tensor:
+    def score_against_images(
+        self,
+        task: Task,
+        prefix: TextPrefix,
+        region_features: Tensor,
+        region_locations: Tensor,
+        region_mask: Tensor,
+    ) -> Tensor:
         """Score one cached text prefix (batch 1) against N images; returns (N,) match logits."""
         out = self.trunk.encode_joint(prefix, region_features, region_locations, region_mask)
         return self.head_logits(task.head, out, region_mask)

@@ -113,8 +113,11 @@ def _merge_heads(x: Tensor) -> Tensor:
 def attend(q: Tensor, k: Tensor, v: Tensor, add_mask: Tensor, heads: int, dropout: float) -> Tensor:
     """Multi-head scaled dot-product attention with an additive key mask; (B, N, D) in and out."""
     out = F.scaled_dot_product_attention(
-        _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads),
-        attn_mask=add_mask, dropout_p=dropout,
+        _split_heads(q, heads),
+        _split_heads(k, heads),
+        _split_heads(v, heads),
+        attn_mask=add_mask,
+        dropout_p=dropout,
     )
     return _merge_heads(out)
 
@@ -154,8 +157,9 @@ class SelfAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """One BERT layer; used for both the text stream and the vision stream."""
 
-    def __init__(self, width: int, heads: int, inner: int, attn_dropout: float, dropout: float,
-                 eps: float) -> None:
+    def __init__(
+        self, width: int, heads: int, inner: int, attn_dropout: float, dropout: float, eps: float
+    ) -> None:
         super().__init__()
         self.attention = SelfAttention(width, heads, attn_dropout, dropout, eps)
         self.ffn = FeedForward(width, inner, dropout, eps)
@@ -185,20 +189,24 @@ class CoAttentionLayer(nn.Module):
         # They are kept so an imported checkpoint round-trips; they cost no compute.
         self.unused_image_proj = nn.Linear(bi, hv)
         self.unused_text_proj = nn.Linear(bi, ht)
-        self.image_ffn = FeedForward(hv, cfg.v_intermediate_size, cfg.v_hidden_dropout_prob,
-                                     cfg.layer_norm_eps)
+        self.image_ffn = FeedForward(
+            hv, cfg.v_intermediate_size, cfg.v_hidden_dropout_prob, cfg.layer_norm_eps
+        )
         self.text_ffn = FeedForward(ht, cfg.intermediate_size, cfg.hidden_dropout_prob, cfg.layer_norm_eps)
         self.attn_dropout = cfg.v_attention_probs_dropout_prob  # the reference uses the vision value
         self.dropout = nn.Dropout(cfg.v_hidden_dropout_prob)
 
-    def forward(self, image: Tensor, image_mask: Tensor, text: Tensor, text_mask: Tensor
-                ) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, image: Tensor, image_mask: Tensor, text: Tensor, text_mask: Tensor
+    ) -> tuple[Tensor, Tensor]:
         # image (B, R, H_v), text (B, T+1, H_t); masks additive (B, 1, 1, N)
         p = self.attn_dropout if self.training else 0.0
-        text_ctx = attend(self.text_query(text), self.image_key(image), self.image_value(image),
-                          image_mask, self.heads, p)  # text attends to regions: (B, T+1, bi)
-        image_ctx = attend(self.image_query(image), self.text_key(text), self.text_value(text),
-                           text_mask, self.heads, p)  # regions attend to text: (B, R, bi)
+        text_ctx = attend(
+            self.text_query(text), self.image_key(image), self.image_value(image), image_mask, self.heads, p
+        )  # text attends to regions: (B, T+1, bi)
+        image_ctx = attend(
+            self.image_query(image), self.text_key(text), self.text_value(text), text_mask, self.heads, p
+        )  # regions attend to text: (B, R, bi)
         image = self.image_norm(image + self.dropout(self.image_out(image_ctx)))
         text = self.text_norm(text + self.dropout(self.text_out(text_ctx)))
         return self.image_ffn(image), self.text_ffn(text)
@@ -229,14 +237,25 @@ class ViLBERTTrunk(nn.Module):
         self.text_embeddings = TextEmbeddings(cfg)
         self.image_embeddings = ImageEmbeddings(cfg)
         self.text_layers = nn.ModuleList(
-            TransformerLayer(cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size,
-                             cfg.attention_probs_dropout_prob, cfg.hidden_dropout_prob, cfg.layer_norm_eps)
+            TransformerLayer(
+                cfg.hidden_size,
+                cfg.num_attention_heads,
+                cfg.intermediate_size,
+                cfg.attention_probs_dropout_prob,
+                cfg.hidden_dropout_prob,
+                cfg.layer_norm_eps,
+            )
             for _ in range(cfg.num_hidden_layers)
         )
         self.image_layers = nn.ModuleList(
-            TransformerLayer(cfg.v_hidden_size, cfg.v_num_attention_heads, cfg.v_intermediate_size,
-                             cfg.v_attention_probs_dropout_prob, cfg.v_hidden_dropout_prob,
-                             cfg.layer_norm_eps)
+            TransformerLayer(
+                cfg.v_hidden_size,
+                cfg.v_num_attention_heads,
+                cfg.v_intermediate_size,
+                cfg.v_attention_probs_dropout_prob,
+                cfg.v_hidden_dropout_prob,
+                cfg.layer_norm_eps,
+            )
             for _ in range(cfg.v_num_hidden_layers)
         )
         self.co_layers = nn.ModuleList(CoAttentionLayer(cfg) for _ in range(cfg.num_co_layers))
@@ -261,8 +280,13 @@ class ViLBERTTrunk(nn.Module):
         order += [("text", i) for i in range(t_next, cfg.num_hidden_layers)]
         return order
 
-    def encode_text_prefix(self, input_ids: Tensor, attention_mask: Tensor, task_ids: Tensor | None,
-                           token_type_ids: Tensor | None = None) -> TextPrefix:
+    def encode_text_prefix(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        task_ids: Tensor | None,
+        token_type_ids: Tensor | None = None,
+    ) -> TextPrefix:
         """Embeddings + the text layers that run before any co-attention (image-independent)."""
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -272,8 +296,9 @@ class ViLBERTTrunk(nn.Module):
             x = layer(x, add)
         return TextPrefix(x, mask)
 
-    def encode_text_only(self, input_ids: Tensor, attention_mask: Tensor,
-                         token_type_ids: Tensor | None = None) -> Tensor:
+    def encode_text_only(
+        self, input_ids: Tensor, attention_mask: Tensor, token_type_ids: Tensor | None = None
+    ) -> Tensor:
         """All text layers with no task token and no image: the plain BERT the text stream began as.
 
         Used to check that a text stream initialised from a BERT checkpoint reproduces that
@@ -283,14 +308,17 @@ class ViLBERTTrunk(nn.Module):
             token_type_ids = torch.zeros_like(input_ids)
         emb = self.text_embeddings
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)[None, :]
-        x = emb.dropout(emb.norm(emb.word(input_ids) + emb.position(positions) + emb.token_type(token_type_ids)))
+        x = emb.dropout(
+            emb.norm(emb.word(input_ids) + emb.position(positions) + emb.token_type(token_type_ids))
+        )
         add = additive_mask(attention_mask, x.dtype)
         for layer in self.text_layers:
             x = layer(x, add)
         return x
 
-    def encode_joint(self, prefix: TextPrefix, region_features: Tensor, region_locations: Tensor,
-                     region_mask: Tensor) -> TrunkOutput:
+    def encode_joint(
+        self, prefix: TextPrefix, region_features: Tensor, region_locations: Tensor, region_mask: Tensor
+    ) -> TrunkOutput:
         """Everything from the first co-attention layer on.
 
         The text batch may be 1 while the image batch is N (one caption scored against N
@@ -312,9 +340,16 @@ class ViLBERTTrunk(nn.Module):
         pooled_image = self.image_pooler(image)
         return TrunkOutput(text, image, pooled_text, pooled_image, pooled_text * pooled_image)
 
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, task_ids: Tensor | None,
-                region_features: Tensor, region_locations: Tensor, region_mask: Tensor,
-                token_type_ids: Tensor | None = None) -> TrunkOutput:
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        task_ids: Tensor | None,
+        region_features: Tensor,
+        region_locations: Tensor,
+        region_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+    ) -> TrunkOutput:
         """input_ids/attention_mask (B, T); task_ids (B,); region_* (B, R, F) / (B, R, 5) / (B, R)."""
         prefix = self.encode_text_prefix(input_ids, attention_mask, task_ids, token_type_ids)
         return self.encode_joint(prefix, region_features, region_locations, region_mask)

@@ -57,8 +57,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(counts))
         return 0
-    print(f"ViLBERT ({cfg.preset}): text {cfg.num_hidden_layers}x{cfg.hidden_size}, "
-          f"vision {cfg.v_num_hidden_layers}x{cfg.v_hidden_size}, {cfg.num_co_layers} co-attention layers")
+    print(
+        f"ViLBERT ({cfg.preset}): text {cfg.num_hidden_layers}x{cfg.hidden_size}, "
+        f"vision {cfg.v_num_hidden_layers}x{cfg.v_hidden_size}, {cfg.num_co_layers} co-attention layers"
+    )
     width = max(len(k) for k in counts)
     print(f"{'part':<{width}}  {'parameters':>13}  {'share':>6}")
     for name, n in counts.items():

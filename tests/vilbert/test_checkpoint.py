@@ -34,7 +34,7 @@ def official_keys() -> list[tuple[str, tuple[int, ...]]]:
         if line.startswith("#") or not line.strip():
             continue
         name, rest = line.split(" ", 1)
-        dims = rest[rest.index("[") + 1: rest.index("]")]
+        dims = rest[rest.index("[") + 1 : rest.index("]")]
         rows.append((name, tuple(int(x) for x in dims.split(",") if x.strip())))
     return rows
 
@@ -56,7 +56,9 @@ def test_base_parameter_count_equals_the_official_keys_we_keep():
     # 264,710,717 = the released 268,028,859 unique parameters minus the pretraining heads
     # (cls.*: 3,317,373 without the tied decoder) and linguisic_logit (769).
     assert ours == official_kept == 264_710_717
-    all_unique = sum(torch.Size(s).numel() for k, s in shapes.items() if k != "cls.predictions.decoder.weight")
+    all_unique = sum(
+        torch.Size(s).numel() for k, s in shapes.items() if k != "cls.predictions.decoder.weight"
+    )
     assert all_unique == 268_028_859
 
 
@@ -77,8 +79,19 @@ def tiny_official(tmp_path):
 def test_convert_cli_round_trip_tiny(tiny_official, tmp_path):
     state, cfg_json = tiny_official
     torch.save(state, tmp_path / "official.bin")
-    assert convert_main(["--official", str(tmp_path / "official.bin"), "--config", str(cfg_json),
-                         "--out", str(tmp_path / "ckpt")]) == 0
+    assert (
+        convert_main(
+            [
+                "--official",
+                str(tmp_path / "official.bin"),
+                "--config",
+                str(cfg_json),
+                "--out",
+                str(tmp_path / "ckpt"),
+            ]
+        )
+        == 0
+    )
     loaded = load_checkpoint(tmp_path / "ckpt").model
     back = to_official_state_dict(loaded.state_dict(), loaded.config)
     for name, tensor in back.items():
@@ -88,13 +101,21 @@ def test_convert_cli_round_trip_tiny(tiny_official, tmp_path):
 @pytest.mark.parametrize(
     "damage, expected",
     [
-        (lambda s: s.pop("bert.encoder.c_layer.1.biattention.key2.bias"),
-         "missing keys: bert.encoder.c_layer.1.biattention.key2.bias"),
-        (lambda s: s.__setitem__("bert.encoder.layer.0.attention.self.query.wieght",
-                                 s.pop("bert.encoder.layer.0.attention.self.query.weight")),
-         "unexpected keys: bert.encoder.layer.0.attention.self.query.wieght"),
-        (lambda s: s.__setitem__("vil_tri_prediction.weight", torch.zeros(4, 32)),
-         r"vil_tri_prediction.weight: shape \[4, 32\], expected \[3, 32\]"),
+        (
+            lambda s: s.pop("bert.encoder.c_layer.1.biattention.key2.bias"),
+            "missing keys: bert.encoder.c_layer.1.biattention.key2.bias",
+        ),
+        (
+            lambda s: s.__setitem__(
+                "bert.encoder.layer.0.attention.self.query.wieght",
+                s.pop("bert.encoder.layer.0.attention.self.query.weight"),
+            ),
+            "unexpected keys: bert.encoder.layer.0.attention.self.query.wieght",
+        ),
+        (
+            lambda s: s.__setitem__("vil_tri_prediction.weight", torch.zeros(4, 32)),
+            r"vil_tri_prediction.weight: shape \[4, 32\], expected \[3, 32\]",
+        ),
     ],
     ids=["missing", "renamed", "reshaped"],
 )
@@ -102,8 +123,16 @@ def test_convert_cli_fails_naming_the_bad_key(tiny_official, tmp_path, capsys, d
     state, cfg_json = tiny_official
     damage(state)
     torch.save(state, tmp_path / "official.bin")
-    code = convert_main(["--official", str(tmp_path / "official.bin"), "--config", str(cfg_json),
-                         "--out", str(tmp_path / "ckpt")])
+    code = convert_main(
+        [
+            "--official",
+            str(tmp_path / "official.bin"),
+            "--config",
+            str(cfg_json),
+            "--out",
+            str(tmp_path / "ckpt"),
+        ]
+    )
     assert code == 2
     assert pytest.importorskip("re").search(expected, capsys.readouterr().err)
     assert not (tmp_path / "ckpt").exists()
@@ -117,8 +146,9 @@ def test_module_prefix_and_gamma_beta_names_are_accepted():
         k = k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta")
         renamed["module." + k] = v
     converted = convert_official_state_dict(renamed, cfg)
-    assert torch.equal(converted["trunk.text_embeddings.norm.weight"],
-                       state["bert.embeddings.LayerNorm.weight"])
+    assert torch.equal(
+        converted["trunk.text_embeddings.norm.weight"], state["bert.embeddings.LayerNorm.weight"]
+    )
 
 
 @pytest.mark.slow
@@ -127,9 +157,19 @@ def test_convert_cli_round_trip_base_with_the_official_shapes(tmp_path):
     state = random_official_state_dict(None, seed=0, key_file=_VENDORED_KEYS)
     state["cls.predictions.decoder.weight"] = state["bert.embeddings.word_embeddings.weight"]  # tied
     torch.save(state, tmp_path / "multi_task_model.bin")
-    out = subprocess.run([sys.executable, "-m", "vilbert.convert", "--official",
-                          str(tmp_path / "multi_task_model.bin"), "--out", str(tmp_path / "ckpt")],
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vilbert.convert",
+            "--official",
+            str(tmp_path / "multi_task_model.bin"),
+            "--out",
+            str(tmp_path / "ckpt"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0, out.stderr
     assert "264,710,717 parameters" in out.stdout
     (tmp_path / "multi_task_model.bin").unlink()
@@ -153,12 +193,12 @@ def test_checkpoint_write_is_atomic(tmp_path):
     model = MultiTaskViLBERT(preset("tiny"))
     save_checkpoint(tmp_path / "c", model, meta={"step": 1})
 
-    class Boom(RuntimeError):
+    class BoomError(RuntimeError):
         pass
 
     bad = MultiTaskViLBERT(preset("tiny"))
-    bad.config.save = lambda path: (_ for _ in ()).throw(Boom())  # fail half-way through writing
-    with pytest.raises(Boom):
+    bad.config.save = lambda path: (_ for _ in ()).throw(BoomError())  # fail half-way through writing
+    with pytest.raises(BoomError):
         save_checkpoint(tmp_path / "c", bad, meta={"step": 2})
     assert load_checkpoint(tmp_path / "c").meta["step"] == 1  # the old checkpoint is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c"]  # no temp files left behind
@@ -169,7 +209,7 @@ def test_checkpoint_load_names_mismatched_keys(tmp_path):
     cfg = json.loads((tmp_path / "c" / "config.json").read_text())
     cfg["num_answers"] = 12
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(CheckpointError, match="heads.answer.out.weight"):
+    with pytest.raises(CheckpointError, match=r"heads\.answer\.out\.weight"):
         load_checkpoint(tmp_path / "c")
 
 
@@ -180,7 +220,8 @@ def test_demo_text_stream_from_minilm_reproduces_minilm_hidden_states():
     assert len(loaded) == 5 + 16 * 6  # embeddings + 6 layers, every text parameter
     reference = transformers.BertModel.from_pretrained(str(minilm_dir())).eval()
     enc = load_tokenizer().encode_batch(
-        ["a small red circle to the left of a blue square", "how many triangles?"], max_tokens=23)
+        ["a small red circle to the left of a blue square", "how many triangles?"], max_tokens=23
+    )
     ids, mask = torch.tensor(enc.input_ids), torch.tensor(enc.attention_mask)
     with torch.no_grad():
         ours = model.trunk.encode_text_only(ids, mask)

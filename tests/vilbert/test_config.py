@@ -8,15 +8,33 @@ from vilbert.modeling import ViLBERTTrunk
 
 # config/bert_base_6layer_6conect.json of the reference repository, as released.
 OFFICIAL_JSON = {
-    "attention_probs_dropout_prob": 0.1, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
-    "hidden_size": 768, "initializer_range": 0.02, "intermediate_size": 3072,
-    "max_position_embeddings": 512, "num_attention_heads": 12, "num_hidden_layers": 12,
-    "type_vocab_size": 2, "vocab_size": 30522, "v_feature_size": 2048, "v_target_size": 1601,
-    "v_hidden_size": 1024, "v_num_hidden_layers": 6, "v_num_attention_heads": 8,
-    "v_intermediate_size": 1024, "bi_hidden_size": 1024, "bi_num_attention_heads": 8,
-    "bi_intermediate_size": 1024, "bi_attention_type": 1, "v_attention_probs_dropout_prob": 0.1,
-    "v_hidden_act": "gelu", "v_hidden_dropout_prob": 0.1, "v_initializer_range": 0.02,
-    "v_biattention_id": [0, 1, 2, 3, 4, 5], "t_biattention_id": [6, 7, 8, 9, 10, 11],
+    "attention_probs_dropout_prob": 0.1,
+    "hidden_act": "gelu",
+    "hidden_dropout_prob": 0.1,
+    "hidden_size": 768,
+    "initializer_range": 0.02,
+    "intermediate_size": 3072,
+    "max_position_embeddings": 512,
+    "num_attention_heads": 12,
+    "num_hidden_layers": 12,
+    "type_vocab_size": 2,
+    "vocab_size": 30522,
+    "v_feature_size": 2048,
+    "v_target_size": 1601,
+    "v_hidden_size": 1024,
+    "v_num_hidden_layers": 6,
+    "v_num_attention_heads": 8,
+    "v_intermediate_size": 1024,
+    "bi_hidden_size": 1024,
+    "bi_num_attention_heads": 8,
+    "bi_intermediate_size": 1024,
+    "bi_attention_type": 1,
+    "v_attention_probs_dropout_prob": 0.1,
+    "v_hidden_act": "gelu",
+    "v_hidden_dropout_prob": 0.1,
+    "v_initializer_range": 0.02,
+    "v_biattention_id": [0, 1, 2, 3, 4, 5],
+    "t_biattention_id": [6, 7, 8, 9, 10, 11],
     "pooling_method": "mul",
 }
 
@@ -61,7 +79,11 @@ def test_base_schedule_is_the_official_call_order():
 def test_demo_text_stream_is_shaped_like_minilm():
     cfg = preset("demo")
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.num_attention_heads, cfg.intermediate_size) == (
-        6, 384, 12, 1536)
+        6,
+        384,
+        12,
+        1536,
+    )
     assert preset("demo", v_feature_size=512).v_feature_size == 512
     n = sum(p.numel() for p in MultiTaskViLBERT(cfg).parameters())
     assert n < 40_000_000  # small enough to train on 2 CPU cores

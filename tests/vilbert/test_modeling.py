@@ -32,8 +32,14 @@ def model():
     return MultiTaskViLBERT(preset("tiny")).eval()
 
 
-EXPECTED = {Head.ANSWER: (B, 11), Head.ANSWER_GQA: (B, 7), Head.MATCH: (B,), Head.REGION: (B, R),
-            Head.PAIR: (B, 2), Head.TRIPLE: (B, 3)}
+EXPECTED = {
+    Head.ANSWER: (B, 11),
+    Head.ANSWER_GQA: (B, 7),
+    Head.MATCH: (B,),
+    Head.REGION: (B, R),
+    Head.PAIR: (B, 2),
+    Head.TRIPLE: (B, 3),
+}
 
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.slug)
@@ -49,8 +55,10 @@ def test_every_task_runs_and_has_its_head_shape(model, task):
 
 def test_forward_runs_only_the_requested_head(model):
     called = []
-    hooks = [getattr(model.heads, str(h)).register_forward_hook(lambda m, i, o, h=h: called.append(h))
-             for h in Head]
+    hooks = [
+        getattr(model.heads, str(h)).register_forward_hook(lambda m, i, o, h=h: called.append(h))
+        for h in Head
+    ]
     with torch.no_grad():
         model(get_task("snli_ve"), **make_inputs(get_task("snli_ve")))
     for hook in hooks:
@@ -114,12 +122,19 @@ def test_cached_text_prefix_scores_like_the_full_forward(model):
     x = make_inputs(task, b=4)
     one_text = {k: x[k][:1].expand(4, -1) for k in ("input_ids", "attention_mask")}
     with torch.no_grad():
-        full = model(task, **one_text, region_features=x["region_features"],
-                     region_locations=x["region_locations"], region_mask=x["region_mask"]).logits
-        prefix = model.trunk.encode_text_prefix(x["input_ids"][:1], x["attention_mask"][:1],
-                                                torch.tensor([task.task_id]))
-        fast = model.score_against_images(task, prefix, x["region_features"], x["region_locations"],
-                                          x["region_mask"])
+        full = model(
+            task,
+            **one_text,
+            region_features=x["region_features"],
+            region_locations=x["region_locations"],
+            region_mask=x["region_mask"],
+        ).logits
+        prefix = model.trunk.encode_text_prefix(
+            x["input_ids"][:1], x["attention_mask"][:1], torch.tensor([task.task_id])
+        )
+        fast = model.score_against_images(
+            task, prefix, x["region_features"], x["region_locations"], x["region_mask"]
+        )
     torch.testing.assert_close(full, fast, atol=1e-5, rtol=1e-5)
 
 
@@ -148,9 +163,12 @@ def test_matches_an_independent_statement_of_the_official_forward():
             return model.head_logits(head, trunk, rmask, images=2 if head is Head.PAIR else 1)
 
         pairs = {
-            "vil_prediction": ours(Head.ANSWER), "vil_prediction_gqa": ours(Head.ANSWER_GQA),
-            "vil_logit": ours(Head.MATCH)[:, None], "vil_tri_prediction": ours(Head.TRIPLE),
-            "vision_logit": ours(Head.REGION)[..., None], "vil_binary_prediction": ours(Head.PAIR),
+            "vil_prediction": ours(Head.ANSWER),
+            "vil_prediction_gqa": ours(Head.ANSWER_GQA),
+            "vil_logit": ours(Head.MATCH)[:, None],
+            "vil_tri_prediction": ours(Head.TRIPLE),
+            "vision_logit": ours(Head.REGION)[..., None],
+            "vil_binary_prediction": ours(Head.PAIR),
         }
     for name, value in pairs.items():
         torch.testing.assert_close(value, ref[name], atol=2e-5, rtol=1e-4, msg=name)

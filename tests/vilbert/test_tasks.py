@@ -44,8 +44,12 @@ def test_twelve_tasks_share_six_heads_as_the_official_checkpoint():
     assert {t.head for t in TASKS} == set(Head)
     shared = {h: sorted(t.task_id for t in TASKS if t.head is h) for h in Head}
     assert shared == {
-        Head.ANSWER: [1, 2], Head.ANSWER_GQA: [15], Head.MATCH: [7, 8],
-        Head.REGION: [4, 9, 10, 11, 17], Head.PAIR: [12], Head.TRIPLE: [13],
+        Head.ANSWER: [1, 2],
+        Head.ANSWER_GQA: [15],
+        Head.MATCH: [7, 8],
+        Head.REGION: [4, 9, 10, 11, 17],
+        Head.PAIR: [12],
+        Head.TRIPLE: [13],
     }
 
 
@@ -65,7 +69,7 @@ def test_endpoints_cover_every_task_once():
 
 def test_lookup_by_slug_or_id_and_clear_errors():
     assert get_task(13) is get_task("snli_ve")
-    with pytest.raises(KeyError, match="unknown task 'vqa3'.*known tasks"):
+    with pytest.raises(KeyError, match=r"unknown task 'vqa3'.*known tasks"):
         get_task("vqa3")
 
 

@@ -148,7 +148,9 @@ def build_vqa_cache(vqa_dir: Path, min_count: int = 9, splits: Sequence[str] = (
 
 def build_gqa_cache(gqa_dir: Path, min_count: int = 1) -> int:
     """GQA caches from the official `{train,val}_balanced_questions.json` (dict id -> question)."""
-    questions = {s: json.loads((gqa_dir / f"{s}_balanced_questions.json").read_text()) for s in ("train", "val")}
+    questions = {
+        s: json.loads((gqa_dir / f"{s}_balanced_questions.json").read_text()) for s in ("train", "val")
+    }
     counts: Counter[str] = Counter(q["answer"] for qs in questions.values() for q in qs.values())
     ans2label = {a: i for i, a in enumerate(
         sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a)))}
@@ -195,7 +197,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (root / "visual_genome" / "question_answers.json").is_file():
         with (root / "VQA" / "cache" / "trainval_ans2label.pkl").open("rb") as f:
             vocab = pickle.load(f)
-        print(f"VG QA: {build_vg_qa_cache(root / 'visual_genome', vocab)} questions with an in-vocabulary answer")
+        n_vg = build_vg_qa_cache(root / "visual_genome", vocab)
+        print(f"VG QA: {n_vg} questions with an in-vocabulary answer")
 
 
 if __name__ == "__main__":

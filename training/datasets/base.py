@@ -65,6 +65,8 @@ def read_pickle(path: Path) -> Any:
 class TaskDataset(Dataset[Example], Generic[E]):
     """Base of the family loaders: entries of type E, one `Example` per item."""
 
+    cleans_in_reader = False  # True where the reader must drop test images itself (retrieval)
+
     def __init__(
         self,
         task: Task | str | int,
@@ -82,10 +84,12 @@ class TaskDataset(Dataset[Example], Generic[E]):
         self.config = config if config is not None else LoaderConfig.for_data_root(data_root)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer()
         self._sources: dict[str, RegionSource] = {}
+        self.removed_images: set[int] = set()  # test images the clean split dropped from this split
+        self.num_before_cleaning: int | None = None
         entries = self.read_entries()
-        self.num_before_cleaning = len(entries)
-        self.removed_images: set[int] = set()
-        if self.config.clean and self.layout.cleans(split):
+        if self.num_before_cleaning is None:
+            self.num_before_cleaning = len(entries)
+        if self.config.clean and self.layout.cleans(split) and not self.cleans_in_reader:
             entries = self._clean(entries)
         self.entries: list[E] = entries
         self._pieces = self.tokenizer.wordpieces_batch([self.entry_text(e) for e in self.entries])

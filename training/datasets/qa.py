@@ -109,7 +109,8 @@ class QADataset(TaskDataset[QAEntry]):
                 return self._entries_from_targets(
                     _tail_split(targets, self.split, self.config.minval_size, "trainval", "minval"))
             case "train" | "val":
-                return self._entries_from_targets(_sorted_targets(self.cache_dir / f"{self.split}_target.pkl"))
+                targets = _sorted_targets(self.cache_dir / f"{self.split}_target.pkl")
+                return self._entries_from_targets(targets)
             case "test" | "testdev":
                 path = self.dataroot / "testdev_balanced_questions.json"
                 if not path.is_file():
@@ -139,9 +140,9 @@ class QADataset(TaskDataset[QAEntry]):
         return [entry.image_id]
 
     def make_example(self, index: int, entry: QAEntry) -> Example:
-        source = self.path(self.layout.test_features) if (
-            self.split == "test" and self.layout.test_features) else None
-        features = self.source(self.layout.test_features) if source is not None else self.features
+        # VQA test2015 images live in their own LMDB (the reference edits the yml for it).
+        use_test = self.split == "test" and bool(self.layout.test_features)
+        features = self.source(self.layout.test_features) if use_test else self.features
         rows = plain_rows(features.get(entry.image_id), self.task.max_regions)
         feats, locs, boxes, mask = stack_pairs([rows])
         target = np.zeros(self.num_answers, np.float32)
