@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,8 +146,9 @@ class AttributeGroup:
 
     def __post_init__(self) -> None:
         if self.value_names and len(self.value_names) != self.num_values:
-            raise ValueError(f"attribute group {self.name!r}: {len(self.value_names)} names for "
-                             f"{self.num_values} values")
+            raise ValueError(
+                f"attribute group {self.name!r}: {len(self.value_names)} names for {self.num_values} values"
+            )
 
 
 @dataclass(frozen=True)
@@ -204,15 +204,24 @@ class DetectorPreset:
     def validate(self) -> None:
         """Raise ValueError on an inconsistent preset (before building anything)."""
         if self.num_classes < 2:
-            raise ValueError(f"preset {self.name!r}: num_classes={self.num_classes}; a detector needs "
-                             "background + at least one class (train the synthetic preset first)")
+            raise ValueError(
+                f"preset {self.name!r}: num_classes={self.num_classes}; a detector needs "
+                "background + at least one class (train the synthetic preset first)"
+            )
         if self.class_names and len(self.class_names) != self.num_classes - 1:
-            raise ValueError(f"preset {self.name!r}: {len(self.class_names)} class names for "
-                             f"{self.num_classes - 1} foreground classes")
+            raise ValueError(
+                f"preset {self.name!r}: {len(self.class_names)} class names for "
+                f"{self.num_classes - 1} foreground classes"
+            )
         n_levels = len(self.rpn.anchor_strides)
         if len(self.rpn.anchor_sizes) != n_levels or n_levels != 5:
             raise ValueError(f"preset {self.name!r}: need one anchor size per level P2..P6")
-        if self.backbone.block is BlockKind.BOTTLENECK and self.backbone.stage_channels != (256, 512, 1024, 2048):
+        if self.backbone.block is BlockKind.BOTTLENECK and self.backbone.stage_channels != (
+            256,
+            512,
+            1024,
+            2048,
+        ):
             raise ValueError("Bottleneck bodies use torchvision's ResNet class: stage channels 256..2048")
         if self.preprocessing.size_divisibility % self.rpn.anchor_strides[3] != 0:
             raise ValueError("size_divisibility must be a multiple of the P5 stride")
@@ -222,15 +231,21 @@ class DetectorPreset:
             return self.class_names[foreground_index]
         return f"class_{foreground_index}"
 
-    def for_dataset(self, class_names: list[str] | tuple[str, ...],
-                    attribute_groups: list[AttributeGroup] | tuple[AttributeGroup, ...]) -> DetectorPreset:
+    def for_dataset(
+        self,
+        class_names: list[str] | tuple[str, ...],
+        attribute_groups: list[AttributeGroup] | tuple[AttributeGroup, ...],
+    ) -> DetectorPreset:
         """This preset with the class and attribute vocabularies of a training set filled in."""
         attributes = self.attributes
         if attributes is not None or attribute_groups:
             base = attributes or AttributeSpec(groups=())
-            attributes = dataclasses.replace(base, groups=tuple(attribute_groups)) if attribute_groups else None
-        return dataclasses.replace(self, class_names=tuple(class_names), num_classes=len(class_names) + 1,
-                                   attributes=attributes)
+            attributes = (
+                dataclasses.replace(base, groups=tuple(attribute_groups)) if attribute_groups else None
+            )
+        return dataclasses.replace(
+            self, class_names=tuple(class_names), num_classes=len(class_names) + 1, attributes=attributes
+        )
 
     def without_attributes(self) -> DetectorPreset:
         return dataclasses.replace(self, attributes=None)
@@ -269,25 +284,51 @@ def preset_from_dict(d: dict[str, Any]) -> DetectorPreset:
         return cls(**kwargs)
 
     pre = d["preprocessing"]
-    preprocessing = build(Preprocessing, pre, channel_order=ChannelOrder(pre["channel_order"]),
-                          pixel_mean=_tuple(pre["pixel_mean"]), pixel_std=_tuple(pre["pixel_std"]))
+    preprocessing = build(
+        Preprocessing,
+        pre,
+        channel_order=ChannelOrder(pre["channel_order"]),
+        pixel_mean=_tuple(pre["pixel_mean"]),
+        pixel_std=_tuple(pre["pixel_std"]),
+    )
     bb = d["backbone"]
-    backbone = build(BackboneSpec, bb, block=BlockKind(bb["block"]), block_counts=_tuple(bb["block_counts"]),
-                     stage_channels=_tuple(bb["stage_channels"]),
-                     norm=NormKind(bb.get("norm", NormKind.FROZEN_BN.value)))
+    backbone = build(
+        BackboneSpec,
+        bb,
+        block=BlockKind(bb["block"]),
+        block_counts=_tuple(bb["block_counts"]),
+        stage_channels=_tuple(bb["stage_channels"]),
+        norm=NormKind(bb.get("norm", NormKind.FROZEN_BN.value)),
+    )
     rp = d["rpn"]
-    rpn = build(RPNSpec, rp, anchor_sizes=_tuple(rp.get("anchor_sizes")),
-                aspect_ratios=_tuple(rp.get("aspect_ratios")), anchor_strides=_tuple(rp.get("anchor_strides")))
+    rpn = build(
+        RPNSpec,
+        rp,
+        anchor_sizes=_tuple(rp.get("anchor_sizes")),
+        aspect_ratios=_tuple(rp.get("aspect_ratios")),
+        anchor_strides=_tuple(rp.get("anchor_strides")),
+    )
     bh = d["box_head"]
     box_head = build(BoxHeadSpec, bh, bbox_reg_weights=_tuple(bh.get("bbox_reg_weights")))
     attributes = None
     if d.get("attributes") is not None:
         at = d["attributes"]
-        groups = tuple(build(AttributeGroup, g, value_names=_tuple(g.get("value_names"))) for g in at["groups"])
+        groups = tuple(
+            build(AttributeGroup, g, value_names=_tuple(g.get("value_names"))) for g in at["groups"]
+        )
         attributes = build(AttributeSpec, at, groups=groups)
     selection = build(SelectionSpec, d.get("selection", {}))
-    return build(DetectorPreset, d, preprocessing=preprocessing, backbone=backbone, rpn=rpn, box_head=box_head,
-                 class_names=_tuple(d.get("class_names")), attributes=attributes, selection=selection)
+    return build(
+        DetectorPreset,
+        d,
+        preprocessing=preprocessing,
+        backbone=backbone,
+        rpn=rpn,
+        box_head=box_head,
+        class_names=_tuple(d.get("class_names")),
+        attributes=attributes,
+        selection=selection,
+    )
 
 
 def load_preset_json(path: str | Path) -> DetectorPreset:
@@ -384,11 +425,3 @@ def get_preset(name_or_path: str | Path) -> DetectorPreset:
     if path.suffix == ".json" and path.exists():
         return load_preset_json(path)
     raise KeyError(f"unknown detector preset {key!r}; known: {', '.join(PRESETS)} (or a preset .json file)")
-
-
-def count_parameters_from_spec(preset: DetectorPreset) -> int:
-    """Parameter count implied by the preset, without building anything (checked against the model)."""
-    from regions.maskrcnn_import import expected_checkpoint_shapes
-
-    shapes = expected_checkpoint_shapes(preset, include_buffers=False)
-    return sum(math.prod(s) for s in shapes.values())

@@ -368,7 +368,10 @@ def save_checkpoint(
     model: MultiTaskViLBERT,
     answers: Mapping[str, list[str]] | None = None,
     meta: Mapping | None = None,
+    extra: Mapping[str, object] | None = None,
 ) -> Path:
+    """Write our format atomically.  `extra`: file name -> object saved with `torch.save`
+    (training state: optimiser, scheduler, RNG), loadable with `weights_only=True`."""
     path = Path(path)
     answers = dict(answers or {})
     for name, vocab in answers.items():
@@ -393,6 +396,8 @@ def save_checkpoint(
             (tmp / ANSWERS_DIR).mkdir()
             for name, vocab in answers.items():
                 (tmp / ANSWERS_DIR / f"{name}.json").write_text(json.dumps(list(vocab)))
+        for name, obj in (extra or {}).items():
+            torch.save(obj, tmp / name)
 
     _atomic_write_dir(path, write)
     return path

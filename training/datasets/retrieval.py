@@ -92,10 +92,15 @@ class RetrievalDataset(_RetrievalBase):
             raise ValueError("retrieval training is defined for 4 options (positive + 3 kinds of negative)")
         if len(self.images) < 2:
             raise ValueError(f"{self.task.slug}/{self.split}: retrieval needs at least 2 images")
-        self.pool: np.ndarray | None = None
-        if self.split == "train":
-            self.pool = self._load_pool()
+        self._pool: np.ndarray | None = None  # loaded on first use: counting entries needs no features
         self._rng_state: tuple[int, np.random.Generator] | None = None
+
+    @property
+    def pool(self) -> np.ndarray | None:
+        """Hard-negative neighbours per image position (train only; validation uses random negatives)."""
+        if self.split == "train" and self._pool is None:
+            self._pool = self._load_pool()
+        return self._pool
 
     def _load_pool(self) -> np.ndarray:
         name = "hard_negative_cleaned.pkl" if self.config.clean else "hard_negative.pkl"
@@ -138,8 +143,9 @@ class RetrievalDataset(_RetrievalBase):
         return caps[int(rng.integers(len(caps)))]
 
     def _hard_image(self, rng: np.random.Generator, image_index: int) -> int:
-        assert self.pool is not None
-        row = self.pool[image_index]
+        pool = self.pool
+        assert pool is not None
+        row = pool[image_index]
         candidates = row[(row >= 0) & (row != image_index)]
         if len(candidates) == 0:
             return self._other_image(rng, image_index)

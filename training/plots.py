@@ -1,0 +1,34 @@
+"""Pictures of a training run: the DSG schedule (like the paper's Fig. 2, left)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def plot_dsg(history, path: Path) -> Path:
+    """Validation score per task over iterations; thick = go, thin = stop (as in the paper)."""
+    fig, ax = plt.subplots(figsize=(10, 5.5))
+    for slug, points in sorted(history.val.items()):
+        stopped = dict(history.stopped.get(slug, []))
+        color = None
+        for (s0, v0), (s1, v1) in zip(points, points[1:]):
+            lw = 0.8 if stopped.get(s0, False) else 2.6
+            (line,) = ax.plot([s0, s1], [v0, v1], linewidth=lw, color=color,
+                              label=slug if color is None else None)
+            color = line.get_color()
+        if len(points) == 1:
+            ax.plot([points[0][0]], [points[0][1]], "o", label=slug)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("validation score")
+    ax.set_title("Dynamic stop-and-go: thick = go, thin = stop (updates every iter-gap)")
+    ax.legend(fontsize=8, ncol=2, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
