@@ -95,7 +95,7 @@ def preprocess(images: Sequence[np.ndarray], spec: Preprocessing) -> tuple[Image
     scales: list[float] = []
     for img in images:
         h, w = int(img.shape[0]), int(img.shape[1])
-        x = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).to(torch.float32)  # (3, H, W)
+        x = torch.from_numpy(np.array(img, dtype=np.float32)).permute(2, 0, 1)  # (3, H, W), a copy
         if spec.channel_order is ChannelOrder.BGR:
             x = x.flip(0)
         scale = spec.scale_for(h, w)
@@ -310,6 +310,30 @@ class AttributeHead(nn.Module):
         return self.attr_linear2(x)  # (K, sum of group sizes)
 
 
+def box_geometry(boxes: list[Tensor], image_sizes: list[tuple[int, int]]) -> Tensor:
+    """(K, 6) box geometry relative to its image: x1/W, y1/H, x2/W, y2/H, w/min(W,H), h/min(W,H).
+
+    Ratios, so the resize factor cancels: the same object gives the same vector at any input scale.
+    """
+    rows = []
+    for b, (h, w) in zip(boxes, image_sizes):
+        side = float(min(h, w))
+        rows.append(
+            torch.stack(
+                [
+                    b[:, 0] / w,
+                    b[:, 1] / h,
+                    b[:, 2] / w,
+                    b[:, 3] / h,
+                    (b[:, 2] - b[:, 0]) / side,
+                    (b[:, 3] - b[:, 1]) / side,
+                ],
+                dim=1,
+            )
+        )
+    return torch.cat(rows) if rows else torch.zeros((0, 6))
+
+
 @dataclass
 class BoxHeadOutputs:
     features: Tensor  # (K, D) the region features (fc6)
@@ -342,7 +366,10 @@ class RegionDetector(nn.Module):
         """Pool each box from the pyramid and run fc6 -> fc7 -> predictor."""
         head: TwoMLPHead = self.roi_heads.box_head  # type: ignore[assignment]
         pooled = self.roi_heads.box_roi_pool(features, boxes, image_sizes)  # (K, C_fpn, 7, 7)
-        fc6_pre = head.fc6(pooled.flatten(1))
+        x = pooled.flatten(1)
+        if self.preset.box_head.geometry_features:
+            x = torch.cat([x, box_geometry(boxes, image_sizes)], dim=1)  # (K, C_fpn*49 + 6)
+        fc6_pre = head.fc6(x)
         fc6 = F.relu(fc6_pre)
         fc7 = F.relu(head.fc7(fc6))
         class_logits, box_regression = self.roi_heads.box_predictor(fc7)
@@ -421,7 +448,7 @@ def build_detector(preset: DetectorPreset | str) -> RegionDetector:
     roi_heads = RoIHeads(
         # aligned=False RoIAlign, canonical level 4 / scale 224: maskrcnn-benchmark's Pooler.
         box_roi_pool=MultiScaleRoIAlign(list(FPN_LEVELS), output_size=res, sampling_ratio=bh.sampling_ratio),
-        box_head=TwoMLPHead(bb.fpn_channels * res * res, bh.representation_size),
+        box_head=TwoMLPHead(preset.fc6_in_features, bh.representation_size),
         box_predictor=FastRCNNPredictor(bh.representation_size, preset.num_classes),
         fg_iou_thresh=bh.fg_iou_thresh,
         bg_iou_thresh=bh.bg_iou_thresh,
@@ -694,7 +721,7 @@ class RegionExtractor:
 # ---------------------------------------------------------------------------------------------------
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     """Write via a temp file in the same directory + fsync + rename, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -727,8 +754,8 @@ def save_detector(detector: RegionDetector, path: str | Path) -> tuple[Path, Pat
     state = {k: v.detach().contiguous().cpu() for k, v in detector.state_dict().items()}
     preset_json = preset_path_for(path)
     # The preset first: a weights file is only ever visible with the preset that explains it.
-    _atomic_write(preset_json, detector.preset.to_json().encode())
-    _atomic_write(
+    atomic_write(preset_json, detector.preset.to_json().encode())
+    atomic_write(
         path, save(state, metadata={"preset": detector.preset.name, "format": "twelve-in-one/regions"})
     )
     return path, preset_json

@@ -135,9 +135,9 @@ def checkpoint_key_map(preset: DetectorPreset) -> list[KeyMapping]:
         add(f"rpn.head.{name}.weight", f"rpn.head.{name}.weight", (n_out, fpn, 1, 1))
         add(f"rpn.head.{name}.bias", f"rpn.head.{name}.bias", (n_out,))
     # Box head (FPN2MLPFeatureExtractor) and predictor (FPNPredictor, class-specific regression).
-    rep, res, c = bh.representation_size, bh.pooler_resolution, preset.num_classes
+    rep, c = bh.representation_size, preset.num_classes
     fe, pr = "roi_heads.box.feature_extractor", "roi_heads.box.predictor"
-    add(f"{fe}.fc6.weight", "roi_heads.box_head.fc6.weight", (rep, fpn * res * res))
+    add(f"{fe}.fc6.weight", "roi_heads.box_head.fc6.weight", (rep, preset.fc6_in_features))
     add(f"{fe}.fc6.bias", "roi_heads.box_head.fc6.bias", (rep,))
     add(f"{fe}.fc7.weight", "roi_heads.box_head.fc7.weight", (rep, rep))
     add(f"{fe}.fc7.bias", "roi_heads.box_head.fc7.bias", (rep,))

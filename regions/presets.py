@@ -129,11 +129,19 @@ class BoxHeadSpec:
     # Whether the stored feature is fc6 after its ReLU.  The reference extractor reads "fc6" from
     # the vqa-maskrcnn-benchmark fork; before/after ReLU is unverified (architecture.md §7).
     fc6_relu: bool = True
+    # Append the box's geometry relative to the image (x1/W, y1/H, x2/W, y2/H, w/min(W,H), h/min(W,H))
+    # to the pooled features entering fc6.  RoIAlign resamples every box to 7x7, so without it the
+    # features cannot tell a small object from a large one; the synthetic world's "size" attribute
+    # is relative to the image.  Off for imported maskrcnn-benchmark weights.
+    geometry_features: bool = False
     bbox_reg_weights: tuple[float, float, float, float] = (10.0, 10.0, 5.0, 5.0)
     fg_iou_thresh: float = 0.5
     bg_iou_thresh: float = 0.5
     batch_size_per_image: int = 512
     positive_fraction: float = 0.25
+
+
+GEOMETRY_DIM = 6  # size of the geometry vector BoxHeadSpec.geometry_features appends
 
 
 @dataclass(frozen=True)
@@ -200,6 +208,12 @@ class DetectorPreset:
     @property
     def feature_dim(self) -> int:
         return self.box_head.representation_size
+
+    @property
+    def fc6_in_features(self) -> int:
+        res = self.box_head.pooler_resolution
+        geometry = GEOMETRY_DIM if self.box_head.geometry_features else 0
+        return self.backbone.fpn_channels * res * res + geometry
 
     def validate(self) -> None:
         """Raise ValueError on an inconsistent preset (before building anything)."""
@@ -395,18 +409,20 @@ SYNTHETIC = DetectorPreset(
         stage_channels=(32, 64, 128, 256),
         stem_channels=32,
         stem_kernel=3,
-        fpn_channels=64,
+        fpn_channels=32,  # the RPN head and FPN output convs on P2 dominate the cost at 64
         norm=NormKind.BN,
     ),
     rpn=RPNSpec(
         anchor_sizes=(16, 32, 64, 128, 256),
-        pre_nms_top_n_train=1000,
-        post_nms_top_n_train=300,
-        pre_nms_top_n_test=500,
-        post_nms_top_n_test=200,
+        # 2-6 objects per scene: a few hundred proposals suffice, and RPN NMS over 1000 boxes per
+        # level was a quarter of the training step on CPU.
+        pre_nms_top_n_train=400,
+        post_nms_top_n_train=200,
+        pre_nms_top_n_test=300,
+        post_nms_top_n_test=150,
         batch_size_per_image=128,
     ),
-    box_head=BoxHeadSpec(representation_size=256, batch_size_per_image=128),
+    box_head=BoxHeadSpec(representation_size=256, batch_size_per_image=128, geometry_features=True),
     num_classes=0,  # filled in from the training annotations by `DetectorPreset.for_dataset`
     class_names_source="categories of the training annotations (D/detector/instances_train.json)",
     attributes=AttributeSpec(groups=(), class_embed_dim=32, hidden_dim=128, hidden_relu=True),

@@ -246,7 +246,8 @@ class Trainer:
                                self.cfg.data.max_val_examples, token_map=self.tokens)
         return result["score"]
 
-    def run(self) -> Path:
+    def run(self, stop_after: int | None = None) -> Path:
+        """Train to the end (or stop after global step `stop_after`, leaving checkpoints to resume)."""
         cfg = self.cfg
         writer = None
         if self.is_main and cfg.tensorboard:
@@ -293,6 +294,9 @@ class Trainer:
                 self.save(f"step-{self.step:07d}")
             if self.world > 1:
                 dist.barrier()
+            if stop_after is not None and self.step >= stop_after:
+                bar.close()
+                return self.ckpt_dir / "latest"
         bar.close()
         if writer:
             writer.close()
@@ -312,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML file (training/configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
+    parser.add_argument("--stop-after", type=int, help="stop after this global step (time-boxed runs)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. schedule.epochs=2")
     args = parser.parse_args(argv)
     try:
@@ -321,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t0 = time.time()
-    final = trainer.run()
+    final = trainer.run(stop_after=args.stop_after)
     if trainer.is_main:
         print(f"trained {trainer.step} steps in {time.time() - t0:.0f}s -> {final}")
     if dist.is_initialized():

@@ -34,6 +34,8 @@ class TaskStream:
 
     def _order(self) -> np.ndarray:
         perm = np.random.default_rng([self.seed, self.task_id, self.epoch]).permutation(len(self.dataset))
+        pad = (-len(perm)) % self.world  # like DistributedSampler: repeat a few so every rank has as many
+        perm = np.concatenate([perm, np.resize(perm, pad)]) if pad else perm
         return perm[self.rank :: self.world]
 
     def next_batch(self) -> Batch:

@@ -16,3 +16,16 @@ def reference_root(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fixture_config():
     return LoaderConfig().updated(**FIXTURE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def small_world(tmp_path_factory):
+    """The synthetic world at --size small with 32-d placeholder features; (root, rows, shrink, seconds)."""
+    import time
+
+    from training.synthetic import generate_world
+
+    root = tmp_path_factory.mktemp("world")
+    started = time.perf_counter()
+    rows, shrink = generate_world(root, size="small", seed=0, progress=False, placeholder_dim=32)
+    return root, rows, shrink, time.perf_counter() - started

@@ -55,7 +55,7 @@ class TaskLayout:
     id_space: IdSpace | None = None  # which *_test_ids.npy cleans this task (None: not cleaned)
     train_split: str = "train"
     val_split: str = "val"
-    test_split: str = "test"
+    test_split: str = "test"  # "" where a dataset has no test split
     refer_name: str = ""  # RefCOCO family: refcoco | refcoco+ | refcocog
     refer_split_by: str = ""  # unc | umd
     clean_all_splits: bool = False  # VG QA cleans val too; the others clean splits named "train..."
@@ -94,7 +94,7 @@ LAYOUTS: dict[str, TaskLayout] = {
                    id_space=IdSpace.COCO, train_split="trainval", val_split="minval"),
         TaskLayout("vg_qa", Source.VG_QA, "visual_genome",
                    "visual_genome/vg_resnext152_faster_rcnn_genome.lmdb", id_space=IdSpace.GENOME,
-                   clean_all_splits=True),
+                   clean_all_splits=True, test_split=""),  # VG QA reports on (cleaned) val
         TaskLayout("gqa", Source.GQA, "gqa", "gqa/gqa_resnext152_faster_rcnn_genome.lmdb",
                    id_space=IdSpace.GENOME, train_split="trainval", val_split="minval"),
         TaskLayout("retrieval_coco", Source.RETRIEVAL, "cocoRetreival", COCO_LMDB, id_space=IdSpace.COCO),

@@ -95,16 +95,17 @@ class SceneSampler:
         self.rng = rng
         self.next_object_id = next_object_id
 
+    def palette(self) -> tuple[list[str], list[str]]:
+        shapes = self.rng.choice(SHAPES, size=int(self.rng.integers(2, 4)), replace=False).tolist()
+        colours = self.rng.choice(list(COLOURS), size=int(self.rng.integers(2, 5)), replace=False).tolist()
+        return shapes, colours
+
     def sample(self, key: str, min_objects: int = 2, max_objects: int = 6,
-               size_wh: tuple[int, int] | None = None) -> Scene:
+               palette: tuple[list[str], list[str]] | None = None) -> Scene:
         rng = self.rng
-        if size_wh is None:
-            W, H = int(rng.integers(200, 321)), int(rng.integers(160, 257))
-        else:
-            W, H = size_wh
+        W, H = int(rng.integers(200, 321)), int(rng.integers(160, 257))
         n = int(rng.integers(min_objects, max_objects + 1))
-        shapes = rng.choice(SHAPES, size=int(rng.integers(2, 4)), replace=False).tolist()
-        colours = rng.choice(list(COLOURS), size=int(rng.integers(2, 5)), replace=False).tolist()
+        shapes, colours = palette if palette is not None else self.palette()
         objects: list[SceneObject] = []
         tries = 0
         while len(objects) < n and tries < 200:

@@ -1,0 +1,125 @@
+"""The multi-task loop on the tiny preset over the reference-format fixture."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.fixtures import FIXTURE_CONFIG
+from training.config import FitConfig, ScheduleKind
+from training.dsg import StopAndGo
+from training.fit import Trainer, active_tasks
+from vilbert.checkpoint import load_checkpoint
+from vilbert.tasks import get_task
+
+TASKS = "[vqa,visual7w,retrieval_coco,refcoco,nlvr2,snli_ve,guesswhat]"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_root(reference_root):
+    (reference_root / "datasets" / "loader_config.json").write_text(json.dumps(FIXTURE_CONFIG))
+    return reference_root
+
+
+def tiny_config(data_root, out, *extra):
+    return FitConfig.load(ROOT / "training/configs/tiny.yaml",
+                          [f"data.root={data_root}", f"out={out}", f"tasks={TASKS}", "schedule.epochs=4",
+                           "optim.default_batch_size=2", *extra])
+
+
+def test_reference_controller_trace():
+    """The reference author's test: 10,20,30,40,50,50,50 stops at the third 50; a drop goes again."""
+    c = StopAndGo()
+    modes = [c.step(s) and c.in_stop for s in (10, 20, 30, 40, 50, 50, 50)]
+    assert modes == [False] * 6 + [True] and c.in_stop
+    c2 = StopAndGo(continue_threshold=0.01)
+    for s in (10, 20, 30, 40, 50, 50, 50):
+        c2.step(s)
+    c2.step(50)  # cooldown evaluation
+    c2.step(49)
+    assert not c2.in_stop
+
+
+def test_dsg_stopped_task_trains_every_iter_gap(data_root, tmp_path):
+    cfg = tiny_config(data_root, tmp_path)
+    tasks = [get_task("vqa"), get_task("refcoco")]
+    ctl = {"vqa": StopAndGo(), "refcoco": StopAndGo(in_stop=True)}
+    seen = [[t.slug for t in active_tasks(cfg, tasks, i, 10, ctl)] for i in range(5)]
+    assert seen == [["vqa", "refcoco"], ["vqa"], ["vqa"], ["vqa"], ["vqa", "refcoco"]]
+    cfg.schedule.kind = ScheduleKind.ANTI_CURRICULUM
+    assert [t.slug for t in active_tasks(cfg, tasks, 0, 10, ctl)] == ["vqa"]
+    assert [t.slug for t in active_tasks(cfg, tasks, 10, 10, ctl)] == ["vqa", "refcoco"]
+
+
+def test_fit_trains_all_tasks_and_writes_a_loadable_checkpoint(data_root, tmp_path):
+    trainer = Trainer(tiny_config(data_root, tmp_path / "run"))
+    final = trainer.run()
+    ck = load_checkpoint(final)
+    assert ck.meta["step"] == trainer.total_steps
+    assert set(trainer.history.loss) == {s.strip() for s in TASKS.strip("[]").split(",")}
+    assert "vqa" in ck.answers  # the answer vocabulary travels with the checkpoint
+    assert (tmp_path / "run" / "dsg_schedule.png").stat().st_size > 1000
+    kept = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert len(kept) == 2  # keep_last
+
+
+def test_loss_falls_on_a_repeated_batch(data_root, tmp_path):
+    trainer = Trainer(tiny_config(data_root, tmp_path / "run"))
+    task = get_task("snli_ve")
+    batch = trainer.streams["snli_ve"].next_batch()
+    opt = torch.optim.AdamW(trainer.model.parameters(), lr=1e-3)  # no warm-up: a plain check
+    losses = []
+    for _ in range(60):
+        loss, _ = trainer.step_module(task, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(data_root, tmp_path):
+    full = Trainer(tiny_config(data_root, tmp_path / "full"))
+    full.run()
+    part = Trainer(tiny_config(data_root, tmp_path / "part"))
+    part.run(stop_after=part.steps_per_epoch * 2)  # a checkpoint is written at each epoch end
+    resumed = Trainer(tiny_config(data_root, tmp_path / "part"), resume=True)
+    assert resumed.step == part.steps_per_epoch * 2
+    resumed.run()
+    assert resumed.history.loss.keys() == full.history.loss.keys()
+    for slug, points in full.history.loss.items():
+        torch.testing.assert_close(torch.tensor(resumed.history.loss[slug]), torch.tensor(points),
+                                   rtol=1e-5, atol=1e-6, msg=slug)
+
+
+def test_unknown_task_or_key_is_a_clear_error(tmp_path):
+    with pytest.raises(KeyError, match="unknown task 'vqa9'"):
+        FitConfig.load(None, ["tasks=[vqa9]"])
+    with pytest.raises(ValueError, match=r"schedule\.kindd"):
+        FitConfig.load(None, ["schedule.kindd=dsg"])
+
+
+def test_12in1_config_fails_clearly_because_the_data_is_absent(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "training.fit", "--config", "training/configs/12in1.yaml",
+                          f"data.root={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    assert "error:" in out.stderr and "nothing" in out.stderr
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_trains_and_rank0_checkpoint_loads(data_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "training.fit", "--config", "training/configs/tiny.yaml", f"data.root={data_root}",
+           f"out={tmp_path / 'ddp'}", f"tasks={TASKS}", "schedule.epochs=2", "optim.default_batch_size=2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "ddp" / "model").meta["step"] > 0
