@@ -123,3 +123,15 @@ def test_torchrun_two_processes_trains_and_rank0_checkpoint_loads(data_root, tmp
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert load_checkpoint(tmp_path / "ddp" / "model").meta["step"] > 0
+
+
+def test_evaluate_cli_writes_a_table_and_json(data_root, tmp_path):
+    from training.evaluate import main as evaluate_main
+
+    trainer = Trainer(tiny_config(data_root, tmp_path / "run", "schedule.epochs=1"))
+    final = trainer.run()
+    assert evaluate_main(["--checkpoint", str(final), "--split", "val", "--tasks", "vqa", "retrieval_coco",
+                          "--out", str(tmp_path / "eval.json")]) == 0
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert set(results) == {"vqa", "retrieval_coco"}
+    assert 0.0 <= results["vqa"]["score"] <= 100.0 and results["retrieval_coco"]["examples"] > 0

@@ -1,0 +1,73 @@
+"""`python -m training.evaluate --checkpoint DIR [--tasks ...] [--split val|test] [--data ROOT]`
+
+Every selected task's metric on a split, printed as a table and written as JSON
+(`DIR/eval_<split>.json`, or `--out`).  The data root defaults to the one the checkpoint was
+trained on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from training.datasets import LoaderConfig, build_dataset, split_names
+from training.evaluation import evaluate_task
+from vilbert.checkpoint import load_checkpoint
+from vilbert.tasks import TASKS, get_task
+from vilbert.tokenizer import load_tokenizer
+
+
+def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None, split: str = "test",
+                        data_root: str | Path | None = None, batch_size: int = 64,
+                        max_examples: int | None = None, progress: bool = True) -> dict[str, dict]:
+    ck = load_checkpoint(checkpoint)
+    fit_cfg = ck.meta.get("fit_config", {})
+    root = Path(data_root or fit_cfg.get("data", {}).get("root", ""))
+    if not root.is_dir():
+        raise FileNotFoundError(f"data root not found: {root} (pass --data)")
+    selected = [get_task(t) for t in (tasks or fit_cfg.get("tasks") or [t.slug for t in TASKS])]
+    loader_cfg = LoaderConfig.for_data_root(root / "datasets" if (root / "datasets").is_dir() else root)
+    tokenizer = load_tokenizer()
+    results = {}
+    for task in selected:
+        ds = build_dataset(task, root, split_names(task)[split], config=loader_cfg, tokenizer=tokenizer)
+        results[task.slug] = {"metric": task.metric, "split": split_names(task)[split],
+                              **evaluate_task(ck.model, task, ds, batch_size, max_examples, progress)}
+    return results
+
+
+def format_table(results: dict[str, dict]) -> str:
+    lines = ["| task | split | metric | score | examples |", "|---|---|---|---:|---:|"]
+    for slug, r in results.items():
+        extra = "" if "R@5" not in r else f" (R@5 {r['R@5']:.1f}, R@10 {r['R@10']:.1f})"
+        lines.append(f"| {slug} | {r['split']} | {r['metric']} | {r['score']:.2f}{extra} | {int(r['examples'])} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path)
+    parser.add_argument("--tasks", nargs="*", help="task slugs (default: the tasks it was trained on)")
+    parser.add_argument("--split", default="test", choices=["train", "val", "test"])
+    parser.add_argument("--data", type=Path, help="data root (default: the training data root)")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-examples", type=int)
+    parser.add_argument("--out", type=Path, help="JSON output (default: CHECKPOINT/eval_<split>.json)")
+    args = parser.parse_args(argv)
+    try:
+        results = evaluate_checkpoint(args.checkpoint, args.tasks, args.split, args.data, args.batch_size,
+                                      args.max_examples)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(format_table(results))
+    out = args.out or args.checkpoint / f"eval_{args.split}.json"
+    out.write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
