@@ -58,9 +58,7 @@ class RegionRecord:
         # The reference reader reshapes features by their row count, never trusting num_boxes.
         self.features = _rows(np.asarray(self.features, dtype=np.float32), n)
         if int(self.num_boxes) != n:
-            raise ValueError(
-                f"record {self.image_id!r}: num_boxes={self.num_boxes} but boxes has {n} rows"
-            )
+            raise ValueError(f"record {self.image_id!r}: num_boxes={self.num_boxes} but boxes has {n} rows")
         self.num_boxes = n
 
     @property
@@ -125,8 +123,15 @@ def _open_env(path: Path, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE) -
     # A directory holds data.mdb (the reference layout); a plain file is an LMDB opened with subdir=False.
     subdir = not path.is_file()
     if readonly:
-        return lmdb.open(str(path), subdir=subdir, readonly=True, lock=False, readahead=False,
-                         meminit=False, max_readers=256)
+        return lmdb.open(
+            str(path),
+            subdir=subdir,
+            readonly=True,
+            lock=False,
+            readahead=False,
+            meminit=False,
+            max_readers=256,
+        )
     return lmdb.open(str(path), subdir=subdir, map_size=map_size, readahead=False, meminit=False)
 
 

@@ -30,9 +30,16 @@ log = logging.getLogger(__name__)
 # The splits whose images are "test" images, per task (VG QA reports on its val, which is cleaned
 # itself, so it contributes none; NLVR2 lives in its own image space).
 TEST_SPLITS: dict[str, tuple[str, ...]] = {
-    "vqa": ("test",), "gqa": ("test",), "retrieval_coco": ("test",), "retrieval_flickr30k": ("test",),
-    "refcoco": ("test",), "refcoco_plus": ("test",), "refcocog": ("test",), "visual7w": ("test",),
-    "guesswhat": ("test",), "snli_ve": ("test",),
+    "vqa": ("test",),
+    "gqa": ("test",),
+    "retrieval_coco": ("test",),
+    "retrieval_flickr30k": ("test",),
+    "refcoco": ("test",),
+    "refcoco_plus": ("test",),
+    "refcocog": ("test",),
+    "visual7w": ("test",),
+    "guesswhat": ("test",),
+    "snli_ve": ("test",),
 }
 
 
@@ -70,7 +77,9 @@ def _id_maps(root: Path) -> tuple[dict[int, int], dict[int, int]]:
 def collect_test_ids(data_root: str | Path, config: LoaderConfig | None = None) -> dict[IdSpace, set[int]]:
     """Test image ids per id space, after mapping VG <-> COCO and VG <-> Flickr."""
     root = datasets_dir(data_root)
-    cfg = (config or LoaderConfig.for_data_root(data_root)).updated(clean=False, retrieval_eval_images=1 << 60)
+    cfg = (config or LoaderConfig.for_data_root(data_root)).updated(
+        clean=False, retrieval_eval_images=1 << 60
+    )
     tokenizer = load_tokenizer()
     ids: dict[IdSpace, set[int]] = {space: set() for space in IdSpace}
     for slug, splits in TEST_SPLITS.items():
@@ -87,8 +96,11 @@ def collect_test_ids(data_root: str | Path, config: LoaderConfig | None = None) 
     vg_to_coco, vg_to_flickr = _id_maps(root)
     coco_to_vg = {c: v for v, c in vg_to_coco.items()}
     flickr_to_vg = {f: v for v, f in vg_to_flickr.items()}
-    genome = ids[IdSpace.GENOME] | {coco_to_vg[c] for c in ids[IdSpace.COCO] if c in coco_to_vg} | {
-        flickr_to_vg[f] for f in ids[IdSpace.FLICKR] if f in flickr_to_vg}
+    genome = (
+        ids[IdSpace.GENOME]
+        | {coco_to_vg[c] for c in ids[IdSpace.COCO] if c in coco_to_vg}
+        | {flickr_to_vg[f] for f in ids[IdSpace.FLICKR] if f in flickr_to_vg}
+    )
     coco = ids[IdSpace.COCO] | {vg_to_coco[v] for v in ids[IdSpace.GENOME] if v in vg_to_coco}
     flickr = ids[IdSpace.FLICKR] | {vg_to_flickr[v] for v in ids[IdSpace.GENOME] if v in vg_to_flickr}
     return {IdSpace.COCO: coco, IdSpace.GENOME: genome, IdSpace.FLICKR: flickr}
@@ -127,17 +139,29 @@ def measure_shrink(data_root: str | Path, config: LoaderConfig | None = None) ->
                 log.warning("%s/%s skipped: %s", task.slug, split, exc)
                 continue
             after = len(ds.image_ids())
-            out.append(Shrink(task.slug, split, int(ds.num_before_cleaning or 0), len(ds),
-                              after + len(ds.removed_images), after))
+            out.append(
+                Shrink(
+                    task.slug,
+                    split,
+                    int(ds.num_before_cleaning or 0),
+                    len(ds),
+                    after + len(ds.removed_images),
+                    after,
+                )
+            )
     return out
 
 
 def format_shrink(rows: Sequence[Shrink]) -> str:
-    lines = ["| task | split | examples before | after | removed | images before | after |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | split | examples before | after | removed | images before | after |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r.task} | {r.split} | {r.examples_before} | {r.examples_after} | "
-                     f"{100 * r.removed_fraction:.1f}% | {r.images_before} | {r.images_after} |")
+        lines.append(
+            f"| {r.task} | {r.split} | {r.examples_before} | {r.examples_after} | "
+            f"{100 * r.removed_fraction:.1f}% | {r.images_before} | {r.images_after} |"
+        )
     total_b = sum(r.examples_before for r in rows)
     total_a = sum(r.examples_after for r in rows)
     mean = np.mean([r.removed_fraction for r in rows]) if rows else 0.0
@@ -151,7 +175,9 @@ def run(data_root: str | Path, rebuild_pools: bool = True) -> tuple[dict[IdSpace
     write_test_ids(data_root, ids)
     if rebuild_pools:
         root = datasets_dir(data_root)
-        slugs = [s for s in ("retrieval_coco", "retrieval_flickr30k") if (root / LAYOUTS[s].features).is_dir()]
+        slugs = [
+            s for s in ("retrieval_coco", "retrieval_flickr30k") if (root / LAYOUTS[s].features).is_dir()
+        ]
         if slugs:
             from training.datasets.retrieval import write_pools
 
@@ -161,8 +187,12 @@ def run(data_root: str | Path, rebuild_pools: bool = True) -> tuple[dict[IdSpace
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Compute the clean multi-task split and report the shrink.")
-    parser.add_argument("--data-root", required=True, type=Path,
-                        help="the reference `datasets/` directory or a directory containing it")
+    parser.add_argument(
+        "--data-root",
+        required=True,
+        type=Path,
+        help="the reference `datasets/` directory or a directory containing it",
+    )
     parser.add_argument("--no-pools", action="store_true", help="do not rebuild hard_negative_cleaned.pkl")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
@@ -173,4 +203,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-

@@ -143,8 +143,10 @@ def build(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-                         f"known: {', '.join(sorted(known))}")
+        raise ValueError(
+            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
+            f"known: {', '.join(sorted(known))}"
+        )
     kwargs = {}
     for name, value in values.items():
         kwargs[name] = _coerce(hints[name], value, f"{where}{name}")
@@ -170,6 +172,6 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
             return float(value)
         except (TypeError, ValueError):
             raise ValueError(f"{where}: expected a number, got {value!r}") from None
-    if hint is int and isinstance(value, bool) or (hint is int and not isinstance(value, int)):
+    if (hint is int and isinstance(value, bool)) or (hint is int and not isinstance(value, int)):
         raise ValueError(f"{where}: expected an integer, got {value!r}")
     return value

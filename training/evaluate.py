@@ -19,9 +19,15 @@ from vilbert.tasks import TASKS, get_task
 from vilbert.tokenizer import load_tokenizer
 
 
-def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None, split: str = "test",
-                        data_root: str | Path | None = None, batch_size: int = 64,
-                        max_examples: int | None = None, progress: bool = True) -> dict[str, dict]:
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    tasks: list[str] | None = None,
+    split: str = "test",
+    data_root: str | Path | None = None,
+    batch_size: int = 64,
+    max_examples: int | None = None,
+    progress: bool = True,
+) -> dict[str, dict]:
     ck = load_checkpoint(checkpoint)
     fit_cfg = ck.meta.get("fit_config", {})
     root = Path(data_root or fit_cfg.get("data", {}).get("root", ""))
@@ -33,8 +39,11 @@ def evaluate_checkpoint(checkpoint: str | Path, tasks: list[str] | None = None, 
     results = {}
     for task in selected:
         ds = build_dataset(task, root, split_names(task)[split], config=loader_cfg, tokenizer=tokenizer)
-        results[task.slug] = {"metric": task.metric, "split": split_names(task)[split],
-                              **evaluate_task(ck.model, task, ds, batch_size, max_examples, progress)}
+        results[task.slug] = {
+            "metric": task.metric,
+            "split": split_names(task)[split],
+            **evaluate_task(ck.model, task, ds, batch_size, max_examples, progress),
+        }
     return results
 
 
@@ -42,7 +51,9 @@ def format_table(results: dict[str, dict]) -> str:
     lines = ["| task | split | metric | score | examples |", "|---|---|---|---:|---:|"]
     for slug, r in results.items():
         extra = "" if "R@5" not in r else f" (R@5 {r['R@5']:.1f}, R@10 {r['R@10']:.1f})"
-        lines.append(f"| {slug} | {r['split']} | {r['metric']} | {r['score']:.2f}{extra} | {int(r['examples'])} |")
+        lines.append(
+            f"| {slug} | {r['split']} | {r['metric']} | {r['score']:.2f}{extra} | {int(r['examples'])} |"
+        )
     return "\n".join(lines)
 
 
@@ -57,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="JSON output (default: CHECKPOINT/eval_<split>.json)")
     args = parser.parse_args(argv)
     try:
-        results = evaluate_checkpoint(args.checkpoint, args.tasks, args.split, args.data, args.batch_size,
-                                      args.max_examples)
+        results = evaluate_checkpoint(
+            args.checkpoint, args.tasks, args.split, args.data, args.batch_size, args.max_examples
+        )
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

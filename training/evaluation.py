@@ -13,9 +13,15 @@ from vilbert.tasks import Task
 
 
 @torch.no_grad()
-def evaluate_task(model: MultiTaskViLBERT, task: Task, dataset, batch_size: int = 64,
-                  max_examples: int | None = None, progress: bool = False,
-                  token_map: dict[int, int] | None = None) -> dict[str, float]:
+def evaluate_task(
+    model: MultiTaskViLBERT,
+    task: Task,
+    dataset,
+    batch_size: int = 64,
+    max_examples: int | None = None,
+    progress: bool = False,
+    token_map: dict[int, int] | None = None,
+) -> dict[str, float]:
     """Returns {"score": main metric in [0, 100], ...}; retrieval test adds R@1/5/10."""
     was_training = model.training
     model.eval()

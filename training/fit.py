@@ -76,8 +76,9 @@ def token_map(tasks: list[Task], mode: TaskTokens) -> dict[int, int]:
     return {t.task_id: first[str(t.head)] for t in tasks}
 
 
-def active_tasks(cfg: FitConfig, tasks: list[Task], step: int, steps_per_epoch: int,
-                 controllers: dict[str, StopAndGo]) -> list[Task]:
+def active_tasks(
+    cfg: FitConfig, tasks: list[Task], step: int, steps_per_epoch: int, controllers: dict[str, StopAndGo]
+) -> list[Task]:
     """Tasks that forward a batch at global iteration `step`, in round-robin order."""
     kind = cfg.schedule.kind
     match kind:
@@ -95,8 +96,11 @@ def active_tasks(cfg: FitConfig, tasks: list[Task], step: int, steps_per_epoch: 
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": np.random.get_state()[1].tolist()}
+    return {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state()[1].tolist(),
+    }
 
 
 def _set_rng_state(state: dict) -> None:
@@ -111,8 +115,9 @@ class Trainer:
         self.rank = int(os.environ.get("RANK", "0"))
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-        self.device = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-                                   if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(
+            f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+        )
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -124,8 +129,14 @@ class Trainer:
         self._build_model()
         self.scales = loss_scales(self.tasks)
         lr = base_lr(self.tasks, cfg.optim.lr_multiplier)
-        self.optimizer = build_optimizer(self.model, lr, cfg.optim.head_lr * cfg.optim.lr_multiplier,
-                                         cfg.optim.weight_decay, cfg.optim.eps, cfg.optim.betas)
+        self.optimizer = build_optimizer(
+            self.model,
+            lr,
+            cfg.optim.head_lr * cfg.optim.lr_multiplier,
+            cfg.optim.weight_decay,
+            cfg.optim.eps,
+            cfg.optim.betas,
+        )
         self.iters = {t.slug: self.streams[t.slug].batches_per_epoch for t in self.tasks}
         self.steps_per_epoch = max(self.iters.values())
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
@@ -143,18 +154,22 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         root = Path(cfg.data.root)
-        loader_cfg = LoaderConfig.for_data_root(root / "datasets" if (root / "datasets").is_dir() else root,
-                                                clean=cfg.data.clean)
+        loader_cfg = LoaderConfig.for_data_root(
+            root / "datasets" if (root / "datasets").is_dir() else root, clean=cfg.data.clean
+        )
         self.train_sets, self.val_sets, self.streams = {}, {}, {}
         for t in self.tasks:
             splits = split_names(t)
-            self.train_sets[t.slug] = build_dataset(t, root, splits["train"], config=loader_cfg,
-                                                    tokenizer=self.tokenizer)
-            self.val_sets[t.slug] = build_dataset(t, root, splits["val"], config=loader_cfg,
-                                                  tokenizer=self.tokenizer)
+            self.train_sets[t.slug] = build_dataset(
+                t, root, splits["train"], config=loader_cfg, tokenizer=self.tokenizer
+            )
+            self.val_sets[t.slug] = build_dataset(
+                t, root, splits["val"], config=loader_cfg, tokenizer=self.tokenizer
+            )
             bs = cfg.optim.batch_size.get(t.slug, cfg.optim.default_batch_size or t.batch_size)
-            self.streams[t.slug] = TaskStream(self.train_sets[t.slug], max(1, bs // self.world), cfg.seed,
-                                              t.task_id, self.rank, self.world)
+            self.streams[t.slug] = TaskStream(
+                self.train_sets[t.slug], max(1, bs // self.world), cfg.seed, t.task_id, self.rank, self.world
+            )
         self.feature_dim = int(self.train_sets[self.tasks[0].slug][0].region_features.shape[-1])
 
     def answer_vocabularies(self) -> dict[str, list[str]]:
@@ -170,8 +185,10 @@ class Trainer:
         if spec.init_checkpoint:
             model = load_checkpoint(spec.init_checkpoint).model
             if model.config.v_feature_size != self.feature_dim:
-                raise ValueError(f"{spec.init_checkpoint} expects {model.config.v_feature_size}-d region "
-                                 f"features; the data has {self.feature_dim}-d")
+                raise ValueError(
+                    f"{spec.init_checkpoint} expects {model.config.v_feature_size}-d region "
+                    f"features; the data has {self.feature_dim}-d"
+                )
         else:
             overrides = {"v_feature_size": self.feature_dim, **spec.overrides}
             if self.cfg.schedule.task_tokens is TaskTokens.NONE:
@@ -182,8 +199,9 @@ class Trainer:
                     overrides.setdefault("num_answers" if t.answer_vocab == "vqa" else "num_answers_gqa", n)
             model = MultiTaskViLBERT(preset(spec.preset, **overrides))
             if spec.text_init:
-                init_text_stream_from_hf_bert(model, minilm_dir() if spec.text_init == "minilm"
-                                              else spec.text_init)
+                init_text_stream_from_hf_bert(
+                    model, minilm_dir() if spec.text_init == "minilm" else spec.text_init
+                )
         self.model = model.to(self.device).train()
         step = TaskStep(self.model)
         if self.world > 1:
@@ -208,9 +226,13 @@ class Trainer:
             "history": {"loss": self.history.loss, "val": self.history.val, "stopped": self.history.stopped},
         }
         path = self.ckpt_dir / tag
-        save_checkpoint(path, self.model, self.answer_vocabularies(),
-                        meta={"step": self.step, "fit_config": self.cfg.to_dict()},
-                        extra={TRAINER_STATE: state})
+        save_checkpoint(
+            path,
+            self.model,
+            self.answer_vocabularies(),
+            meta={"step": self.step, "fit_config": self.cfg.to_dict()},
+            extra={TRAINER_STATE: state},
+        )
         tmp = self.ckpt_dir / ".latest.tmp"
         tmp.write_text(tag)
         os.replace(tmp, self.ckpt_dir / "latest")
@@ -242,8 +264,14 @@ class Trainer:
 
     # --- the loop ---
     def validate(self, task: Task) -> float:
-        result = evaluate_task(self.model, task, self.val_sets[task.slug], self.cfg.eval_batch_size,
-                               self.cfg.data.max_val_examples, token_map=self.tokens)
+        result = evaluate_task(
+            self.model,
+            task,
+            self.val_sets[task.slug],
+            self.cfg.eval_batch_size,
+            self.cfg.data.max_val_examples,
+            token_map=self.tokens,
+        )
         return result["score"]
 
     def run(self, stop_after: int | None = None) -> Path:
@@ -254,7 +282,9 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.out / "tensorboard"))
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="fit", disable=not (cfg.progress and self.is_main))
+        bar = tqdm(
+            total=self.total_steps, initial=self.step, desc="fit", disable=not (cfg.progress and self.is_main)
+        )
         every = cfg.checkpoint.every_steps
         while self.step < self.total_steps:
             it = self.step
@@ -302,10 +332,17 @@ class Trainer:
             writer.close()
         final = self.out / "model"
         if self.is_main:
-            save_checkpoint(final, self.model, self.answer_vocabularies(),
-                            meta={"step": self.step, "fit_config": self.cfg.to_dict()})
-            (self.out / "history.json").write_text(json.dumps(
-                {"loss": self.history.loss, "val": self.history.val, "stopped": self.history.stopped}))
+            save_checkpoint(
+                final,
+                self.model,
+                self.answer_vocabularies(),
+                meta={"step": self.step, "fit_config": self.cfg.to_dict()},
+            )
+            (self.out / "history.json").write_text(
+                json.dumps(
+                    {"loss": self.history.loss, "val": self.history.val, "stopped": self.history.stopped}
+                )
+            )
             from training.plots import plot_dsg
 
             plot_dsg(self.history, self.out / "dsg_schedule.png")

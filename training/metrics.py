@@ -60,17 +60,16 @@ def gather_candidates(region_logits: torch.Tensor, candidates: torch.Tensor) -> 
     return region_logits.gather(-1, candidates)
 
 
-def pointing_accuracy(
-    logits: torch.Tensor, target: torch.Tensor, candidate_mask: torch.Tensor
-) -> MetricSum:
+def pointing_accuracy(logits: torch.Tensor, target: torch.Tensor, candidate_mask: torch.Tensor) -> MetricSum:
     """Argmax over the real candidates equals the argmax of the IoU target."""
     pred = logits.masked_fill(~candidate_mask, MASKED).argmax(dim=-1)
     gold = target.masked_fill(~candidate_mask, -1.0).argmax(dim=-1)
     return MetricSum(float((pred == gold).sum()), int(logits.shape[0]))
 
 
-def recall_at_k(scores: np.ndarray | torch.Tensor, gt_image: np.ndarray | torch.Tensor,
-                ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
+def recall_at_k(
+    scores: np.ndarray | torch.Tensor, gt_image: np.ndarray | torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
     """Caption -> image retrieval over a (captions, images) score matrix (§2.4).
 
     Rank = 0-based position of the ground-truth image in the descending sort of its row;

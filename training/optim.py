@@ -32,8 +32,9 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
     return param.ndim < 2 or name.endswith(".bias")  # biases and LayerNorm weights/biases
 
 
-def build_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: float, eps: float,
-                    betas: tuple[float, float]) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, head_lr: float, weight_decay: float, eps: float, betas: tuple[float, float]
+) -> torch.optim.AdamW:
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -45,8 +46,9 @@ def build_optimizer(model: nn.Module, lr: float, head_lr: float, weight_decay: f
     return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps)
 
 
-def warmup_linear(optimizer: torch.optim.Optimizer, total_steps: int, warmup_proportion: float
-                  ) -> torch.optim.lr_scheduler.LambdaLR:
+def warmup_linear(
+    optimizer: torch.optim.Optimizer, total_steps: int, warmup_proportion: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = max(1, int(warmup_proportion * total_steps))
 
     def factor(step: int) -> float:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 
 def plot_dsg(history, path: Path) -> Path:
@@ -16,10 +17,11 @@ def plot_dsg(history, path: Path) -> Path:
     for slug, points in sorted(history.val.items()):
         stopped = dict(history.stopped.get(slug, []))
         color = None
-        for (s0, v0), (s1, v1) in zip(points, points[1:]):
+        for (s0, v0), (s1, v1) in itertools.pairwise(points):
             lw = 0.8 if stopped.get(s0, False) else 2.6
-            (line,) = ax.plot([s0, s1], [v0, v1], linewidth=lw, color=color,
-                              label=slug if color is None else None)
+            (line,) = ax.plot(
+                [s0, s1], [v0, v1], linewidth=lw, color=color, label=slug if color is None else None
+            )
             color = line.get_color()
         if len(points) == 1:
             ax.plot([points[0][0]], [points[0][1]], "o", label=slug)

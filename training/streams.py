@@ -17,8 +17,16 @@ from training.datasets.example import Batch, Example, collate
 
 
 class TaskStream:
-    def __init__(self, dataset, batch_size: int, seed: int, task_id: int, rank: int = 0, world: int = 1,
-                 workers: int = 0) -> None:
+    def __init__(
+        self,
+        dataset,
+        batch_size: int,
+        seed: int,
+        task_id: int,
+        rank: int = 0,
+        world: int = 1,
+        workers: int = 0,
+    ) -> None:
         if len(dataset) == 0:
             raise ValueError(f"task {task_id}: the training set is empty")
         self.dataset = dataset

@@ -33,11 +33,16 @@ def tiny_synthetic_preset() -> DetectorPreset:
     """The synthetic preset's architecture at toy widths, with the test world's vocabularies."""
     base = SYNTHETIC.for_dataset(
         SHAPES,
-        [AttributeGroup("color", len(COLORS), tuple(COLORS)), AttributeGroup("size", len(SIZES), tuple(SIZES))],
+        [
+            AttributeGroup("color", len(COLORS), tuple(COLORS)),
+            AttributeGroup("size", len(SIZES), tuple(SIZES)),
+        ],
     )
     return dataclasses.replace(
         base,
-        backbone=dataclasses.replace(base.backbone, stage_channels=(8, 16, 16, 16), stem_channels=8, fpn_channels=8),
+        backbone=dataclasses.replace(
+            base.backbone, stage_channels=(8, 16, 16, 16), stem_channels=8, fpn_channels=8
+        ),
         box_head=dataclasses.replace(base.box_head, representation_size=32, batch_size_per_image=32),
         attributes=dataclasses.replace(base.attributes, class_embed_dim=4, hidden_dim=16),
         selection=dataclasses.replace(base.selection, max_boxes=10),
@@ -64,8 +69,11 @@ def tiny_bottleneck_preset(with_attributes: bool = True) -> DetectorPreset:
         preprocessing=dataclasses.replace(VG_X152_FPN.preprocessing, min_size=64, max_size=96),
         box_head=BoxHeadSpec(representation_size=32),
         num_classes=5,
-        attributes=AttributeSpec(groups=(AttributeGroup("attribute", 7),), class_embed_dim=8, hidden_dim=16,
-                                 hidden_relu=False) if with_attributes else None,
+        attributes=AttributeSpec(
+            groups=(AttributeGroup("attribute", 7),), class_embed_dim=8, hidden_dim=16, hidden_relu=False
+        )
+        if with_attributes
+        else None,
         selection=dataclasses.replace(VG_X152_FPN.selection, max_boxes=12),
     )
 

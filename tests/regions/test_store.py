@@ -77,7 +77,10 @@ def test_reads_legacy_base64_layout(tmp_path):
     boxes = np.array([[0, 0, 10, 10], [5, 5, 20, 30]], dtype=np.float32)
     feats = np.arange(2 * 6, dtype=np.float32).reshape(2, 6)
     row = {
-        "image_id": "v7w_12", "image_w": "640", "image_h": "480", "num_boxes": "2",
+        "image_id": "v7w_12",
+        "image_w": "640",
+        "image_h": "480",
+        "num_boxes": "2",
         "boxes": base64.b64encode(boxes.tobytes()).decode(),
         "features": base64.b64encode(feats.tobytes()),  # bytes variant
     }

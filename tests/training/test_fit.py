@@ -29,9 +29,17 @@ def data_root(reference_root):
 
 
 def tiny_config(data_root, out, *extra):
-    return FitConfig.load(ROOT / "training/configs/tiny.yaml",
-                          [f"data.root={data_root}", f"out={out}", f"tasks={TASKS}", "schedule.epochs=4",
-                           "optim.default_batch_size=2", *extra])
+    return FitConfig.load(
+        ROOT / "training/configs/tiny.yaml",
+        [
+            f"data.root={data_root}",
+            f"out={out}",
+            f"tasks={TASKS}",
+            "schedule.epochs=4",
+            "optim.default_batch_size=2",
+            *extra,
+        ],
+    )
 
 
 def test_reference_controller_trace():
@@ -95,8 +103,9 @@ def test_interrupted_and_resumed_run_matches_the_uninterrupted_one(data_root, tm
     resumed.run()
     assert resumed.history.loss.keys() == full.history.loss.keys()
     for slug, points in full.history.loss.items():
-        torch.testing.assert_close(torch.tensor(resumed.history.loss[slug]), torch.tensor(points),
-                                   rtol=1e-5, atol=1e-6, msg=slug)
+        torch.testing.assert_close(
+            torch.tensor(resumed.history.loss[slug]), torch.tensor(points), rtol=1e-5, atol=1e-6, msg=slug
+        )
 
 
 def test_unknown_task_or_key_is_a_clear_error(tmp_path):
@@ -107,9 +116,20 @@ def test_unknown_task_or_key_is_a_clear_error(tmp_path):
 
 
 def test_12in1_config_fails_clearly_because_the_data_is_absent(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "training.fit", "--config", "training/configs/12in1.yaml",
-                          f"data.root={tmp_path / 'nothing'}", f"out={tmp_path / 'run'}"],
-                         capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.fit",
+            "--config",
+            "training/configs/12in1.yaml",
+            f"data.root={tmp_path / 'nothing'}",
+            f"out={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert out.returncode == 2
     assert "error:" in out.stderr and "nothing" in out.stderr
 
@@ -117,9 +137,24 @@ def test_12in1_config_fails_clearly_because_the_data_is_absent(tmp_path):
 @pytest.mark.slow
 def test_torchrun_two_processes_trains_and_rank0_checkpoint_loads(data_root, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "training.fit", "--config", "training/configs/tiny.yaml", f"data.root={data_root}",
-           f"out={tmp_path / 'ddp'}", f"tasks={TASKS}", "schedule.epochs=2", "optim.default_batch_size=2"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29517",
+        "-m",
+        "training.fit",
+        "--config",
+        "training/configs/tiny.yaml",
+        f"data.root={data_root}",
+        f"out={tmp_path / 'ddp'}",
+        f"tasks={TASKS}",
+        "schedule.epochs=2",
+        "optim.default_batch_size=2",
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert load_checkpoint(tmp_path / "ddp" / "model").meta["step"] > 0
@@ -130,8 +165,22 @@ def test_evaluate_cli_writes_a_table_and_json(data_root, tmp_path):
 
     trainer = Trainer(tiny_config(data_root, tmp_path / "run", "schedule.epochs=1"))
     final = trainer.run()
-    assert evaluate_main(["--checkpoint", str(final), "--split", "val", "--tasks", "vqa", "retrieval_coco",
-                          "--out", str(tmp_path / "eval.json")]) == 0
+    assert (
+        evaluate_main(
+            [
+                "--checkpoint",
+                str(final),
+                "--split",
+                "val",
+                "--tasks",
+                "vqa",
+                "retrieval_coco",
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "eval.json").read_text())
     assert set(results) == {"vqa", "retrieval_coco"}
     assert 0.0 <= results["vqa"]["score"] <= 100.0 and results["retrieval_coco"]["examples"] > 0

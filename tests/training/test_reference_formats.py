@@ -113,7 +113,9 @@ def test_refcoco_iou_targets_and_strict_metric(reference_root, fixture_config):
 
 
 def test_refcoco_family_files(reference_root, fixture_config):
-    assert [e.text for e in load("refcoco_plus", reference_root, "testB", fixture_config).entries] == ["man top left"]
+    assert [e.text for e in load("refcoco_plus", reference_root, "testB", fixture_config).entries] == [
+        "man top left"
+    ]
     assert len(load("refcocog", reference_root, "test", fixture_config)) == 1
     assert len(load("refcocog", reference_root, "val", fixture_config)) == 1
 
@@ -175,8 +177,14 @@ def test_collate_pads_text_and_regions_to_the_batch_max(reference_root, fixture_
     # Question 90 scores [1.0, 0, 0.3], question 250 [1.0, 0, 0]: answers 2 and 0 earn 0.3 + 1.0.
     logits = torch.tensor([[0.0, 0.0, 5.0], [5.0, 0.0, 0.0]])
     assert vqa_soft_accuracy(logits, batch.target).score == pytest.approx(1.3)
-    assert set(batch.trunk_inputs()) == {"input_ids", "attention_mask", "task_ids", "region_features",
-                                         "region_locations", "region_mask"}
+    assert set(batch.trunk_inputs()) == {
+        "input_ids",
+        "attention_mask",
+        "task_ids",
+        "region_features",
+        "region_locations",
+        "region_mask",
+    }
 
 
 def test_every_task_loads_from_the_fixture(reference_root, fixture_config):

@@ -22,30 +22,98 @@ from pathlib import Path
 from typing import Any
 
 NUMBER_WORDS = {
-    "none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
-    "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10",
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
 }
 ARTICLES = frozenset({"a", "an", "the"})
 # Contractions written without their apostrophe, as annotators type them, mapped to the real form.
 CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "didnt": "didn't", "doesnt": "doesn't", "dont": "don't", "hadnt": "hadn't", "hasnt": "hasn't",
-    "havent": "haven't", "hed": "he'd", "hes": "he's", "howd": "how'd", "howll": "how'll",
-    "hows": "how's", "Im": "I'm", "im": "i'm", "Ive": "I've", "ive": "i've", "isnt": "isn't",
-    "itd": "it'd", "itll": "it'll", "lets": "let's", "maam": "ma'am", "mightnt": "mightn't",
-    "mightve": "might've", "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't",
-    "notve": "not've", "oclock": "o'clock", "shant": "shan't", "shed": "she'd", "shes": "she's",
-    "shouldve": "should've", "shouldnt": "shouldn't", "somebodys": "somebody's", "someones": "someone's",
-    "thats": "that's", "thered": "there'd", "theres": "there's", "theyd": "they'd", "theyll": "they'll",
-    "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed": "we'd",
-    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
-    "whereve": "where've", "whod": "who'd", "wholl": "who'll", "whos": "who's", "whove": "who've",
-    "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't", "wouldve": "would've",
-    "wouldnt": "wouldn't", "yall": "y'all", "youd": "you'd", "youll": "you'll", "youre": "you're",
+    "aint": "ain't",
+    "arent": "aren't",
+    "cant": "can't",
+    "couldve": "could've",
+    "couldnt": "couldn't",
+    "didnt": "didn't",
+    "doesnt": "doesn't",
+    "dont": "don't",
+    "hadnt": "hadn't",
+    "hasnt": "hasn't",
+    "havent": "haven't",
+    "hed": "he'd",
+    "hes": "he's",
+    "howd": "how'd",
+    "howll": "how'll",
+    "hows": "how's",
+    "Im": "I'm",
+    "im": "i'm",
+    "Ive": "I've",
+    "ive": "i've",
+    "isnt": "isn't",
+    "itd": "it'd",
+    "itll": "it'll",
+    "lets": "let's",
+    "maam": "ma'am",
+    "mightnt": "mightn't",
+    "mightve": "might've",
+    "mustnt": "mustn't",
+    "mustve": "must've",
+    "neednt": "needn't",
+    "notve": "not've",
+    "oclock": "o'clock",
+    "shant": "shan't",
+    "shed": "she'd",
+    "shes": "she's",
+    "shouldve": "should've",
+    "shouldnt": "shouldn't",
+    "somebodys": "somebody's",
+    "someones": "someone's",
+    "thats": "that's",
+    "thered": "there'd",
+    "theres": "there's",
+    "theyd": "they'd",
+    "theyll": "they'll",
+    "theyre": "they're",
+    "theyve": "they've",
+    "twas": "'twas",
+    "wasnt": "wasn't",
+    "wed": "we'd",
+    "weve": "we've",
+    "werent": "weren't",
+    "whatll": "what'll",
+    "whatre": "what're",
+    "whats": "what's",
+    "whatve": "what've",
+    "whens": "when's",
+    "whered": "where'd",
+    "wheres": "where's",
+    "whereve": "where've",
+    "whod": "who'd",
+    "wholl": "who'll",
+    "whos": "who's",
+    "whove": "who've",
+    "whyll": "why'll",
+    "whyre": "why're",
+    "whys": "why's",
+    "wont": "won't",
+    "wouldve": "would've",
+    "wouldnt": "wouldn't",
+    "yall": "y'all",
+    "youd": "you'd",
+    "youll": "you'll",
+    "youre": "you're",
     "youve": "you've",
 }
-PUNCTUATION = ";/[]\"{}()=+\\_-><@`,?!*#%^&$"  # "." and "'" are handled separately
+PUNCTUATION = ';/[]"{}()=+\\_-><@`,?!*#%^&$'  # "." and "'" are handled separately
 _PERIOD_NOT_IN_NUMBER = re.compile(r"(?<!\d)\.(?!\d)")
 _COMMA_IN_NUMBER = re.compile(r"(\d)(,)(\d)")
 
@@ -102,19 +170,32 @@ def vqa_target(annotation: dict[str, Any], ans2label: dict[str, int]) -> dict[st
         if ans in ans2label:
             labels.append(ans2label[ans])
             scores.append(soft_score(c))
-    return {"question_id": annotation["question_id"], "image_id": annotation["image_id"],
-            "labels": labels, "scores": scores}
+    return {
+        "question_id": annotation["question_id"],
+        "image_id": annotation["image_id"],
+        "labels": labels,
+        "scores": scores,
+    }
 
 
 def single_answer_target(
-    question_id: int | str, image_id: int | str, question: str, answer: str, ans2label: dict[str, int],
+    question_id: int | str,
+    image_id: int | str,
+    question: str,
+    answer: str,
+    ans2label: dict[str, int],
     normalize: bool = True,
 ) -> dict[str, Any]:
     """GQA / VG QA target: one answer with score 1.0, or an empty target outside the vocabulary."""
     key = normalize_answer(answer) if normalize else answer
     label = ans2label.get(key)
-    return {"question_id": question_id, "image_id": image_id, "question": question,
-            "labels": [] if label is None else [label], "scores": [] if label is None else [1.0]}
+    return {
+        "question_id": question_id,
+        "image_id": image_id,
+        "question": question,
+        "labels": [] if label is None else [label],
+        "scores": [] if label is None else [1.0],
+    }
 
 
 def label2ans_of(ans2label: dict[str, int]) -> list[str]:
@@ -152,14 +233,22 @@ def build_gqa_cache(gqa_dir: Path, min_count: int = 1) -> int:
         s: json.loads((gqa_dir / f"{s}_balanced_questions.json").read_text()) for s in ("train", "val")
     }
     counts: Counter[str] = Counter(q["answer"] for qs in questions.values() for q in qs.values())
-    ans2label = {a: i for i, a in enumerate(
-        sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a)))}
+    ans2label = {
+        a: i
+        for i, a in enumerate(
+            sorted((a for a, c in counts.items() if c >= min_count), key=lambda a: (-counts[a], a))
+        )
+    }
     per_split = {}
     for split, qs in questions.items():
         # GQA answers are already canonical single words; they are used as given.
         per_split[split] = sorted(
-            (single_answer_target(int(qid), q["imageId"], q["question"], q["answer"], ans2label, False)
-             for qid, q in qs.items()), key=lambda t: t["question_id"])
+            (
+                single_answer_target(int(qid), q["imageId"], q["question"], q["answer"], ans2label, False)
+                for qid, q in qs.items()
+            ),
+            key=lambda t: t["question_id"],
+        )
     cache = gqa_dir / "cache"
     _dump(per_split["train"], cache / "train_target.pkl")
     _dump(per_split["val"], cache / "val_target.pkl")
@@ -173,8 +262,13 @@ def build_vg_qa_cache(vg_dir: Path, ans2label: dict[str, int]) -> int:
     """VG QA caches from the official `question_answers.json`, on the VQA vocabulary (paper: shared)."""
     images = json.loads((vg_dir / "question_answers.json").read_text())
     targets = sorted(
-        (single_answer_target(qa["qa_id"], qa["image_id"], qa["question"], qa["answer"], ans2label)
-         for img in images for qa in img["qas"]), key=lambda t: t["question_id"])
+        (
+            single_answer_target(qa["qa_id"], qa["image_id"], qa["question"], qa["answer"], ans2label)
+            for img in images
+            for qa in img["qas"]
+        ),
+        key=lambda t: t["question_id"],
+    )
     cache = vg_dir / "cache"
     _dump(targets, cache / "trainval_target.pkl")
     _dump(ans2label, cache / "trainval_ans2label.pkl")

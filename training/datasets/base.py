@@ -168,8 +168,14 @@ class TaskDataset(Dataset[Example], Generic[E]):
                 self.removed_images.update(hits)
             else:
                 kept.append(e)
-        log.info("%s/%s: clean split removed %d of %d entries (%d images)", self.task.slug, self.split,
-                 len(entries) - len(kept), len(entries), len(self.removed_images))
+        log.info(
+            "%s/%s: clean split removed %d of %d entries (%d images)",
+            self.task.slug,
+            self.split,
+            len(entries) - len(kept),
+            len(entries),
+            len(self.removed_images),
+        )
         return kept
 
 

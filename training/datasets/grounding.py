@@ -75,8 +75,16 @@ class GroundingDataset(TaskDataset[GroundingEntry]):
                 continue
             box = xywh_to_xyxy(anns[ref["ann_id"]]["bbox"])
             for sent in ref["sentences"]:
-                entries.append(GroundingEntry(str(sent["sent_id"]), str(ref["image_id"]), sent["raw"],
-                                              box, int(ref["ann_id"]), clean_id=int(ref["image_id"])))
+                entries.append(
+                    GroundingEntry(
+                        str(sent["sent_id"]),
+                        str(ref["image_id"]),
+                        sent["raw"],
+                        box,
+                        int(ref["ann_id"]),
+                        clean_id=int(ref["image_id"]),
+                    )
+                )
         if not entries:
             splits = sorted({r["split"] for r in refs})
             raise ValueError(f"{self.task.slug}: no refs in split {self.split!r}; the file has {splits}")
@@ -99,9 +107,17 @@ class GroundingDataset(TaskDataset[GroundingEntry]):
                 b = boxes[qa["answer"]]
                 ref = xywh_to_xyxy([b["x"], b["y"], b["width"], b["height"]])
                 mc = sorted([*qa["multiple_choices"], qa["answer"]])
-                entries.append(GroundingEntry(str(qa["qa_id"]), f"v7w_{image['image_id']}", qa["question"],
-                                              ref, int(qa["answer"]), [position[m] for m in mc],
-                                              clean_id=int(image["image_id"])))
+                entries.append(
+                    GroundingEntry(
+                        str(qa["qa_id"]),
+                        f"v7w_{image['image_id']}",
+                        qa["question"],
+                        ref,
+                        int(qa["answer"]),
+                        [position[m] for m in mc],
+                        clean_id=int(image["image_id"]),
+                    )
+                )
         return entries
 
     def _read_guesswhat(self) -> list[GroundingEntry]:
@@ -114,11 +130,17 @@ class GroundingDataset(TaskDataset[GroundingEntry]):
             ordered = sorted(set(bbox_list[image_id]["bboxes"]))
             position = {b: k for k, b in enumerate(ordered)}
             own = sorted(o["id"] for o in game["objects"])
-            entries.append(GroundingEntry(
-                str(game["id"]), str(image_id), dialog_text(game["qas"]),
-                np.asarray(bboxes[game["object_id"]], np.float32).reshape(4),  # stored as x1,y1,x2,y2
-                int(game["object_id"]), [position[o] for o in own], clean_id=image_id,
-            ))
+            entries.append(
+                GroundingEntry(
+                    str(game["id"]),
+                    str(image_id),
+                    dialog_text(game["qas"]),
+                    np.asarray(bboxes[game["object_id"]], np.float32).reshape(4),  # stored as x1,y1,x2,y2
+                    int(game["object_id"]),
+                    [position[o] for o in own],
+                    clean_id=image_id,
+                )
+            )
         return entries
 
     # -- shared ---------------------------------------------------------------------------------

@@ -80,40 +80,88 @@ class TaskLayout:
 def _refer(slug: str, name: str, split_by: str) -> TaskLayout:
     sub = f"refcoco/{name}_{split_by}"
     return TaskLayout(
-        slug, Source.REFER, "refcoco",
+        slug,
+        Source.REFER,
+        "refcoco",
         features=f"{sub}/{name}_resnext152_faster_rcnn_genome.lmdb",
         gt_features=f"{sub}/{name}_gt_resnext152_faster_rcnn_genome.lmdb",
-        id_space=IdSpace.COCO, refer_name=name, refer_split_by=split_by,
+        id_space=IdSpace.COCO,
+        refer_name=name,
+        refer_split_by=split_by,
     )
 
 
 LAYOUTS: dict[str, TaskLayout] = {
     layout.slug: layout
     for layout in (
-        TaskLayout("vqa", Source.VQA_V2, "VQA", COCO_LMDB, test_features=COCO_TEST_LMDB,
-                   id_space=IdSpace.COCO, train_split="trainval", val_split="minval"),
-        TaskLayout("vg_qa", Source.VG_QA, "visual_genome",
-                   "visual_genome/vg_resnext152_faster_rcnn_genome.lmdb", id_space=IdSpace.GENOME,
-                   clean_all_splits=True, test_split=""),  # VG QA reports on (cleaned) val
-        TaskLayout("gqa", Source.GQA, "gqa", "gqa/gqa_resnext152_faster_rcnn_genome.lmdb",
-                   id_space=IdSpace.GENOME, train_split="trainval", val_split="minval"),
+        TaskLayout(
+            "vqa",
+            Source.VQA_V2,
+            "VQA",
+            COCO_LMDB,
+            test_features=COCO_TEST_LMDB,
+            id_space=IdSpace.COCO,
+            train_split="trainval",
+            val_split="minval",
+        ),
+        TaskLayout(
+            "vg_qa",
+            Source.VG_QA,
+            "visual_genome",
+            "visual_genome/vg_resnext152_faster_rcnn_genome.lmdb",
+            id_space=IdSpace.GENOME,
+            clean_all_splits=True,
+            test_split="",
+        ),  # VG QA reports on (cleaned) val
+        TaskLayout(
+            "gqa",
+            Source.GQA,
+            "gqa",
+            "gqa/gqa_resnext152_faster_rcnn_genome.lmdb",
+            id_space=IdSpace.GENOME,
+            train_split="trainval",
+            val_split="minval",
+        ),
         TaskLayout("retrieval_coco", Source.RETRIEVAL, "cocoRetreival", COCO_LMDB, id_space=IdSpace.COCO),
-        TaskLayout("retrieval_flickr30k", Source.RETRIEVAL, "flickr30k", FLICKR_LMDB,
-                   id_space=IdSpace.FLICKR, retrieval_id_field="img_path"),
+        TaskLayout(
+            "retrieval_flickr30k",
+            Source.RETRIEVAL,
+            "flickr30k",
+            FLICKR_LMDB,
+            id_space=IdSpace.FLICKR,
+            retrieval_id_field="img_path",
+        ),
         _refer("refcoco", "refcoco", "unc"),
         _refer("refcoco_plus", "refcoco+", "unc"),
         _refer("refcocog", "refcocog", "umd"),
-        TaskLayout("visual7w", Source.VISUAL7W, "visual7w",
-                   "visual7w/visual7w_resnext152_faster_rcnn_genome.lmdb",
-                   gt_features="visual7w/visual7w_gt_resnext152_faster_rcnn_genome.lmdb",
-                   id_space=IdSpace.GENOME),
-        TaskLayout("guesswhat", Source.GUESSWHAT, "guesswhat", COCO_LMDB,
-                   gt_features="guesswhat/guesswhat_gt_resnext152_faster_rcnn_genome.lmdb",
-                   id_space=IdSpace.COCO, val_split="valid"),
-        TaskLayout("nlvr2", Source.NLVR2, "nlvr2", "nlvr2/nlvr2_resnext152_faster_rcnn_genome.lmdb",
-                   val_split="dev"),
-        TaskLayout("snli_ve", Source.SNLI_VE, "visual_entailment", FLICKR_LMDB,
-                   id_space=IdSpace.FLICKR, val_split="dev"),
+        TaskLayout(
+            "visual7w",
+            Source.VISUAL7W,
+            "visual7w",
+            "visual7w/visual7w_resnext152_faster_rcnn_genome.lmdb",
+            gt_features="visual7w/visual7w_gt_resnext152_faster_rcnn_genome.lmdb",
+            id_space=IdSpace.GENOME,
+        ),
+        TaskLayout(
+            "guesswhat",
+            Source.GUESSWHAT,
+            "guesswhat",
+            COCO_LMDB,
+            gt_features="guesswhat/guesswhat_gt_resnext152_faster_rcnn_genome.lmdb",
+            id_space=IdSpace.COCO,
+            val_split="valid",
+        ),
+        TaskLayout(
+            "nlvr2", Source.NLVR2, "nlvr2", "nlvr2/nlvr2_resnext152_faster_rcnn_genome.lmdb", val_split="dev"
+        ),
+        TaskLayout(
+            "snli_ve",
+            Source.SNLI_VE,
+            "visual_entailment",
+            FLICKR_LMDB,
+            id_space=IdSpace.FLICKR,
+            val_split="dev",
+        ),
     )
 }
 

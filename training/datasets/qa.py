@@ -47,8 +47,9 @@ class QADataset(TaskDataset[QAEntry]):
     def read_entries(self) -> list[QAEntry]:
         self.ans2label: dict[str, int] = read_pickle(self.cache_dir / "trainval_ans2label.pkl")
         self.label2ans: list[str] = read_pickle(self.cache_dir / "trainval_label2ans.pkl")
-        configured = (self.config.gqa_num_answers if self.layout.source == Source.GQA
-                      else self.config.vqa_num_answers)
+        configured = (
+            self.config.gqa_num_answers if self.layout.source == Source.GQA else self.config.vqa_num_answers
+        )
         self.num_answers = len(self.ans2label) if configured is None else configured
         if len(self.ans2label) > self.num_answers:
             raise ValueError(
@@ -81,8 +82,15 @@ class QADataset(TaskDataset[QAEntry]):
             for q, t in zip(qs, targets, strict=True):
                 if q["question_id"] != t["question_id"]:
                     raise ValueError(f"VQA {split}: question {q['question_id']} vs target {t['question_id']}")
-                out.append(QAEntry(q["question_id"], str(q["image_id"]), q["question"],
-                                   list(t["labels"]), list(t["scores"])))
+                out.append(
+                    QAEntry(
+                        q["question_id"],
+                        str(q["image_id"]),
+                        q["question"],
+                        list(t["labels"]),
+                        list(t["scores"]),
+                    )
+                )
             return out
 
         match self.split:
@@ -93,21 +101,28 @@ class QADataset(TaskDataset[QAEntry]):
                 tail = _tail_split(val, self.split, self.config.minval_size, "trainval", "minval")
                 return with_targets("train") + tail if self.split == "trainval" else tail
             case "test":
-                return [QAEntry(q["question_id"], str(q["image_id"]), q["question"])
-                        for q in questions("test2015")]
+                return [
+                    QAEntry(q["question_id"], str(q["image_id"]), q["question"])
+                    for q in questions("test2015")
+                ]
             case _:
                 raise ValueError(f"VQA has no split {self.split!r} (train, val, trainval, minval, test)")
 
     def _entries_from_targets(self, targets: list[dict]) -> list[QAEntry]:
-        return [QAEntry(int(t["question_id"]), str(t["image_id"]), t["question"], list(t["labels"]),
-                        list(t["scores"])) for t in targets]
+        return [
+            QAEntry(
+                int(t["question_id"]), str(t["image_id"]), t["question"], list(t["labels"]), list(t["scores"])
+            )
+            for t in targets
+        ]
 
     def _read_gqa(self) -> list[QAEntry]:
         match self.split:
             case "trainval" | "minval":
                 targets = _sorted_targets(self.cache_dir / "trainval_target.pkl")
                 return self._entries_from_targets(
-                    _tail_split(targets, self.split, self.config.minval_size, "trainval", "minval"))
+                    _tail_split(targets, self.split, self.config.minval_size, "trainval", "minval")
+                )
             case "train" | "val":
                 targets = _sorted_targets(self.cache_dir / f"{self.split}_target.pkl")
                 return self._entries_from_targets(targets)
@@ -118,8 +133,15 @@ class QADataset(TaskDataset[QAEntry]):
                 out = []
                 for qid, q in json.loads(path.read_text()).items():
                     label = self.ans2label.get(q.get("answer", ""))
-                    out.append(QAEntry(int(qid), str(q["imageId"]), q["question"],
-                                       [] if label is None else [label], [] if label is None else [1.0]))
+                    out.append(
+                        QAEntry(
+                            int(qid),
+                            str(q["imageId"]),
+                            q["question"],
+                            [] if label is None else [label],
+                            [] if label is None else [1.0],
+                        )
+                    )
                 return sorted(out, key=lambda e: e.question_id)
             case _:
                 raise ValueError(f"GQA has no split {self.split!r} (trainval, minval, train, val, test)")
@@ -129,7 +151,8 @@ class QADataset(TaskDataset[QAEntry]):
         match self.split:
             case "train" | "val":
                 return self._entries_from_targets(
-                    _tail_split(targets, self.split, self.config.vg_val_size, "train", "val"))
+                    _tail_split(targets, self.split, self.config.vg_val_size, "train", "val")
+                )
             case _:
                 raise ValueError(f"VG QA has no split {self.split!r} (train, val)")
 

@@ -55,6 +55,7 @@ def read_retrieval_file(path: Path, layout: TaskLayout) -> list[tuple[str, list[
 
 class _RetrievalBase(TaskDataset[CaptionEntry]):
     cleans_in_reader = True
+
     def read_entries(self) -> list[CaptionEntry]:
         if self.split not in SPLIT_FILES:
             raise ValueError(f"{self.task.slug} has no split {self.split!r} ({', '.join(SPLIT_FILES)})")
@@ -158,8 +159,12 @@ class RetrievalDataset(_RetrievalBase):
         random_caption = self._caption_of(rng, self._other_image(rng, img))
         random_image = self._other_image(rng, img)
         hard = self._hard_image(rng, img) if self.pool is not None else self._other_image(rng, img)
-        options = [(img, index), (img, random_caption), (random_image, index),
-                   (img, self._caption_of(rng, hard))]
+        options = [
+            (img, index),
+            (img, random_caption),
+            (random_image, index),
+            (img, self._caption_of(rng, hard)),
+        ]
         ids, attn = pairs_text([self.tokens(c) for _, c in options])
         feats, locs, boxes, mask = stack_pairs([self._rows(i) for i, _ in options])
         target = np.zeros(len(options), np.float32)
@@ -234,6 +239,7 @@ class RetrievalEvalDataset(_RetrievalBase):
 
 # -- hard-negative pool -------------------------------------------------------------------------------
 
+
 def build_hard_negative_pool(source: RegionSource, image_ids: Sequence[str], k: int = 100) -> dict:
     """Nearest images by Euclidean distance of mean region features (sklearn BallTree), self first.
 
@@ -258,8 +264,11 @@ def build_hard_negative_pool(source: RegionSource, image_ids: Sequence[str], k: 
     return {"train_image_list": ids, "train_hard_pool": neighbours}
 
 
-def write_pools(data_root: str | Path, slugs: Sequence[str] = ("retrieval_coco", "retrieval_flickr30k"),
-                k: int | None = None) -> dict[str, tuple[int, int]]:
+def write_pools(
+    data_root: str | Path,
+    slugs: Sequence[str] = ("retrieval_coco", "retrieval_flickr30k"),
+    k: int | None = None,
+) -> dict[str, tuple[int, int]]:
     """Write `hard_negative.pkl` (all training images) and, when the clean-split ids exist,
     `hard_negative_cleaned.pkl` (the cleaned list) for each retrieval task.  Returns image counts."""
     root = datasets_dir(data_root)

@@ -30,8 +30,13 @@ class Throughput:
     warm_per_s: float
 
 
-def measure(data_root: str | Path, tasks: Sequence[str] | None = None, examples: int = 256,
-            batch_size: int = 32, seed: int = 0) -> list[Throughput]:
+def measure(
+    data_root: str | Path,
+    tasks: Sequence[str] | None = None,
+    examples: int = 256,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[Throughput]:
     tokenizer = load_tokenizer()
     rng = np.random.default_rng(seed)
     out = []
@@ -45,7 +50,7 @@ def measure(data_root: str | Path, tasks: Sequence[str] | None = None, examples:
         for _ in range(2):  # cold, then warm
             t0 = time.perf_counter()
             for start in range(0, examples, batch_size):
-                collate([ds[int(i)] for i in order[start:start + batch_size]])
+                collate([ds[int(i)] for i in order[start : start + batch_size]])
             rates.append(examples / (time.perf_counter() - t0))
         out.append(Throughput(task.slug, split, len(ds), build, rates[0], rates[1]))
     return out
@@ -53,8 +58,10 @@ def measure(data_root: str | Path, tasks: Sequence[str] | None = None, examples:
 
 def format_throughput(rows: Sequence[Throughput]) -> str:
     lines = ["| task | split | examples | build s | cold ex/s | warm ex/s |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r.task} | {r.split} | {r.size} | {r.build_s:.2f} | {r.cold_per_s:.0f} | {r.warm_per_s:.0f} |"
-              for r in rows]
+    lines += [
+        f"| {r.task} | {r.split} | {r.size} | {r.build_s:.2f} | {r.cold_per_s:.0f} | {r.warm_per_s:.0f} |"
+        for r in rows
+    ]
     return "\n".join(lines)
 
 

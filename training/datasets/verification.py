@@ -40,13 +40,24 @@ class VerificationDataset(TaskDataset[VerificationEntry]):
         match self.layout.source:
             case Source.NLVR2:
                 lines = read_jsonl(self.dataroot / f"{self.split}.json")  # JSON lines despite the name
-                return [VerificationEntry(line["identifier"], nlvr2_image_keys(line["identifier"]),
-                                          line["sentence"], labels[str(line["label"])]) for line in lines]
+                return [
+                    VerificationEntry(
+                        line["identifier"],
+                        nlvr2_image_keys(line["identifier"]),
+                        line["sentence"],
+                        labels[str(line["label"])],
+                    )
+                    for line in lines
+                ]
             case Source.SNLI_VE:
                 lines = read_jsonl(self.dataroot / f"snli_ve_{self.split}.jsonl")
                 return [
-                    VerificationEntry(str(k), (str(int(Path(line["Flikr30kID"]).stem)),), line["sentence2"],
-                                      labels.get(line["gold_label"], -1))
+                    VerificationEntry(
+                        str(k),
+                        (str(int(Path(line["Flikr30kID"]).stem)),),
+                        line["sentence2"],
+                        labels.get(line["gold_label"], -1),
+                    )
                     for k, line in enumerate(lines)
                 ]
             case other:

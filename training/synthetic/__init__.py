@@ -14,8 +14,9 @@ from training.synthetic.world import WORLD_SIZES, FeatureItem, FeatureJob, World
 __all__ = ["WORLD_SIZES", "FeatureItem", "FeatureJob", "WorldSize", "WorldWriter", "generate_world"]
 
 
-def generate_world(out, size: str = "small", seed: int = 0, progress: bool = True,
-                   placeholder_dim: int | None = None):
+def generate_world(
+    out, size: str = "small", seed: int = 0, progress: bool = True, placeholder_dim: int | None = None
+):
     """Write the world; returns (summary rows, clean-split shrink rows).  See `__main__` for the CLI."""
     from training.synthetic.__main__ import build
 

@@ -18,7 +18,10 @@ from training.synthetic.scene import COLOURS, SHAPES, SIZES, Scene, SceneObject
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 # Attribute combinations from the shortest to the longest description of an object.
 DESCRIPTIONS: tuple[tuple[str, ...], ...] = (
-    ("shape",), ("colour", "shape"), ("size", "shape"), ("size", "colour", "shape"),
+    ("shape",),
+    ("colour", "shape"),
+    ("size", "shape"),
+    ("size", "colour", "shape"),
 )
 
 
@@ -34,8 +37,9 @@ def matches(obj: SceneObject, other: SceneObject, attrs: Sequence[str]) -> bool:
     return all(getattr(obj, a) == getattr(other, a) for a in attrs)
 
 
-def unique_description(scene: Scene, obj: SceneObject,
-                       options: Sequence[tuple[str, ...]] = DESCRIPTIONS) -> tuple[str, ...] | None:
+def unique_description(
+    scene: Scene, obj: SceneObject, options: Sequence[tuple[str, ...]] = DESCRIPTIONS
+) -> tuple[str, ...] | None:
     """The first attribute set (in `options` order) that no other object of the scene shares."""
     for attrs in options:
         if not any(o is not obj and matches(o, obj, attrs) for o in scene.objects):
@@ -68,6 +72,7 @@ def relation(a: SceneObject, b: SceneObject) -> str | None:
 
 # -- VQA v2 ------------------------------------------------------------------------------------------
 
+
 @dataclass
 class QA:
     question: str
@@ -95,15 +100,23 @@ def _count_question(scene: Scene, rng: np.random.Generator) -> QA:
         shape = pick(rng, present) if present and rng.random() < 0.75 else pick(rng, SHAPES)
         return QA(f"how many {plural(shape)} are there?", str(scene.count(shape=shape)), "how many", "number")
     colour = pick(rng, [o.colour for o in scene.objects]) if rng.random() < 0.75 else pick(rng, list(COLOURS))
-    return QA(f"how many {colour} objects are in the picture?", str(scene.count(colour=colour)),
-              "how many", "number")
+    return QA(
+        f"how many {colour} objects are in the picture?",
+        str(scene.count(colour=colour)),
+        "how many",
+        "number",
+    )
 
 
 def _attribute_question(scene: Scene, rng: np.random.Generator) -> QA | None:
     obj = pick(rng, scene.objects)
     what = pick(rng, ("colour", "shape", "size", "where"))
-    rest = {"colour": (("shape",), ("size", "shape")), "shape": (("colour",), ("size", "colour")),
-            "size": (("colour", "shape"),), "where": (("colour", "shape"), ("size", "colour", "shape"))}[what]
+    rest = {
+        "colour": (("shape",), ("size", "shape")),
+        "shape": (("colour",), ("size", "colour")),
+        "size": (("colour", "shape"),),
+        "where": (("colour", "shape"), ("size", "colour", "shape")),
+    }[what]
     attrs = unique_description(scene, obj, rest)
     if attrs is None:
         return None
@@ -130,7 +143,12 @@ def _compare_question(scene: Scene, rng: np.random.Generator) -> QA | None:
 
 def vqa_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
     makers: list[Callable[[Scene, np.random.Generator], QA | None]] = [
-        _exists_question, _count_question, _attribute_question, _attribute_question, _compare_question]
+        _exists_question,
+        _count_question,
+        _attribute_question,
+        _attribute_question,
+        _compare_question,
+    ]
     out: list[QA] = []
     seen: set[str] = set()
     for _ in range(n * 6):
@@ -177,6 +195,7 @@ def annotator_answers(qa: QA, rng: np.random.Generator, n: int = 10) -> list[str
 
 # -- GQA -----------------------------------------------------------------------------------------------
 
+
 def gqa_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
     """Compositional questions: relations between uniquely described objects, logic, comparison."""
     objs = scene.objects
@@ -192,7 +211,9 @@ def gqa_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
             break
         a, b = (objs[i] for i in rng.choice(len(objs), size=2, replace=False))
         na, nb, rel = name(a), name(b), relation(a, b)
-        kind = pick(rng, ("relate_colour", "choose_rel", "verify_rel", "logical", "same_colour", "relate_shape"))
+        kind = pick(
+            rng, ("relate_colour", "choose_rel", "verify_rel", "logical", "same_colour", "relate_shape")
+        )
         qa: QA | None = None
         match kind:
             case "relate_colour" if nb and rel:
@@ -207,19 +228,36 @@ def gqa_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
             case "choose_rel" if na and nb and rel in ("to the left of", "to the right of"):
                 qa = QA(f"is the {na} to the left or to the right of the {nb}?", rel.split()[-2], kind)
             case "verify_rel" if na and nb and rel:
-                asked = rel if rng.random() < 0.5 else pick(rng, ("to the left of", "to the right of", "above",
-                                                                   "below"))
+                asked = (
+                    rel
+                    if rng.random() < 0.5
+                    else pick(rng, ("to the left of", "to the right of", "above", "below"))
+                )
                 qa = QA(f"is the {na} {asked} the {nb}?", "yes" if asked == rel else "no", kind)
             case "logical":
-                c1, s1 = (a.colour, a.shape) if rng.random() < 0.7 else (pick(rng, list(COLOURS)), pick(rng, SHAPES))
-                c2, s2 = (b.colour, b.shape) if rng.random() < 0.6 else (pick(rng, list(COLOURS)), pick(rng, SHAPES))
+                c1, s1 = (
+                    (a.colour, a.shape)
+                    if rng.random() < 0.7
+                    else (pick(rng, list(COLOURS)), pick(rng, SHAPES))
+                )
+                c2, s2 = (
+                    (b.colour, b.shape)
+                    if rng.random() < 0.6
+                    else (pick(rng, list(COLOURS)), pick(rng, SHAPES))
+                )
                 both = scene.count(shape=s1, colour=c1) > 0 and scene.count(shape=s2, colour=c2) > 0
                 if (c1, s1) != (c2, s2):
-                    qa = QA(f"are there both {c1} {plural(s1)} and {c2} {plural(s2)} in the image?",
-                            "yes" if both else "no", kind)
+                    qa = QA(
+                        f"are there both {c1} {plural(s1)} and {c2} {plural(s2)} in the image?",
+                        "yes" if both else "no",
+                        kind,
+                    )
             case "same_colour" if na and nb:
-                qa = QA(f"do the {na} and the {nb} have the same color?",
-                        "yes" if a.colour == b.colour else "no", kind)
+                qa = QA(
+                    f"do the {na} and the {nb} have the same color?",
+                    "yes" if a.colour == b.colour else "no",
+                    kind,
+                )
         if qa is not None and qa.question not in seen:
             seen.add(qa.question)
             out.append(qa)
@@ -227,6 +265,7 @@ def gqa_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
 
 
 # -- Visual Genome QA (7W style; answers typed as sentences fragments) ---------------------------------
+
 
 def vg_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
     out: list[QA] = []
@@ -249,6 +288,7 @@ def vg_questions(scene: Scene, rng: np.random.Generator, n: int) -> list[QA]:
 
 
 # -- captions (COCO / Flickr retrieval, SNLI-VE premises) ----------------------------------------------
+
 
 def _article(phrase: str) -> str:
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
@@ -274,7 +314,9 @@ def captions(scene: Scene, rng: np.random.Generator, k: int = 5) -> list[str]:
             text = f"{_article(pa)} {rel} {_article(pb)}."
         elif template == 3 and len(objs) >= 3:
             c = pick(rng, [o for o in objs if o is not a and o is not b] or [a])
-            text = f"there is {_article(pa)}, {_article(pb)} and {_article(c.phrase('colour', 'shape'))} here."
+            text = (
+                f"there is {_article(pa)}, {_article(pb)} and {_article(c.phrase('colour', 'shape'))} here."
+            )
         elif template == 4:
             n = scene.count(shape=a.shape)
             noun = plural(a.shape) if n > 1 else a.shape
@@ -288,6 +330,7 @@ def captions(scene: Scene, rng: np.random.Generator, k: int = 5) -> list[str]:
 
 
 # -- referring expressions -----------------------------------------------------------------------------
+
 
 def _relative_location(scene: Scene, obj: SceneObject, attrs: tuple[str, ...]) -> str | None:
     """left/right/top/bottom when `obj` is the extreme one among objects sharing `attrs`."""
@@ -321,8 +364,11 @@ def refcoco_plus_expression(scene: Scene, obj: SceneObject, rng: np.random.Gener
 def refcocog_expression(scene: Scene, obj: SceneObject, rng: np.random.Generator) -> str | None:
     """Longer: full description plus a relation to another object."""
     full = obj.phrase("size", "colour", "shape")
-    anchors = [o for o in scene.objects if o is not obj and relation(obj, o)
-               and unique_description(scene, o, DESCRIPTIONS[1:2]) is not None]
+    anchors = [
+        o
+        for o in scene.objects
+        if o is not obj and relation(obj, o) and unique_description(scene, o, DESCRIPTIONS[1:2]) is not None
+    ]
     same = [o for o in scene.objects if matches(o, obj, ("size", "colour", "shape"))]
     if not anchors:
         return f"the {full} in the {horizontal(scene, obj)} of the image" if len(same) == 1 else None
@@ -336,9 +382,14 @@ def refcocog_expression(scene: Scene, obj: SceneObject, rng: np.random.Generator
 
 # -- Visual7W pointing ---------------------------------------------------------------------------------
 
+
 def v7w_question(scene: Scene, obj: SceneObject, rng: np.random.Generator) -> str | None:
     same_shape = [o for o in scene.objects if o.shape == obj.shape]
-    if len(same_shape) > 1 and sum(1 for o in same_shape if o.colour == obj.colour) == 1 and rng.random() < 0.5:
+    if (
+        len(same_shape) > 1
+        and sum(1 for o in same_shape if o.colour == obj.colour) == 1
+        and rng.random() < 0.5
+    ):
         return f"Which {obj.shape} is {obj.colour}?"
     attrs = unique_description(scene, obj, DESCRIPTIONS[1:])
     if attrs is None:
@@ -348,8 +399,10 @@ def v7w_question(scene: Scene, obj: SceneObject, rng: np.random.Generator) -> st
 
 # -- GuessWhat?! ----------------------------------------------------------------------------------------
 
-def guesswhat_dialog(scene: Scene, target: SceneObject, rng: np.random.Generator,
-                     max_turns: int = 8) -> list[tuple[str, str]] | None:
+
+def guesswhat_dialog(
+    scene: Scene, target: SceneObject, rng: np.random.Generator, max_turns: int = 8
+) -> list[tuple[str, str]] | None:
     """Yes/no questions chosen greedily to split the remaining candidates until one is left."""
     probes: list[tuple[str, Callable[[SceneObject], bool]]] = []
     for s in SHAPES:
@@ -390,32 +443,49 @@ def nlvr2_statement(rng: np.random.Generator, shapes: Sequence[str], colours: Se
     kind = int(rng.integers(8))
     match kind:
         case 0:
-            return (f"There are exactly {NUMBER_WORDS[n]} {plural(s) if n > 1 else s} in total.",
-                    lambda l, r: l.count(shape=s) + r.count(shape=s) == n)
+            return (
+                f"There are exactly {NUMBER_WORDS[n]} {plural(s) if n > 1 else s} in total.",
+                lambda l, r: l.count(shape=s) + r.count(shape=s) == n,
+            )
         case 1:
-            return (f"The left image contains more {plural(s)} than the right image.",
-                    lambda l, r: l.count(shape=s) > r.count(shape=s))
+            return (
+                f"The left image contains more {plural(s)} than the right image.",
+                lambda l, r: l.count(shape=s) > r.count(shape=s),
+            )
         case 2:
-            return (f"The right image has more {c} objects than the left image.",
-                    lambda l, r: r.count(colour=c) > l.count(colour=c))
+            return (
+                f"The right image has more {c} objects than the left image.",
+                lambda l, r: r.count(colour=c) > l.count(colour=c),
+            )
         case 3:
-            return (f"Exactly one image contains a {c} {s}.",
-                    lambda l, r: (l.count(shape=s, colour=c) > 0) != (r.count(shape=s, colour=c) > 0))
+            return (
+                f"Exactly one image contains a {c} {s}.",
+                lambda l, r: (l.count(shape=s, colour=c) > 0) != (r.count(shape=s, colour=c) > 0),
+            )
         case 4:
-            return (f"Both images contain at least one {s}.",
-                    lambda l, r: l.count(shape=s) > 0 and r.count(shape=s) > 0)
+            return (
+                f"Both images contain at least one {s}.",
+                lambda l, r: l.count(shape=s) > 0 and r.count(shape=s) > 0,
+            )
         case 5:
-            return (f"There are at least {NUMBER_WORDS[n]} {c} objects in the right image.",
-                    lambda l, r: r.count(colour=c) >= n)
+            return (
+                f"There are at least {NUMBER_WORDS[n]} {c} objects in the right image.",
+                lambda l, r: r.count(colour=c) >= n,
+            )
         case 6:
-            return (f"Each image contains exactly {NUMBER_WORDS[n]} objects.",
-                    lambda l, r: len(l.objects) == n and len(r.objects) == n)
+            return (
+                f"Each image contains exactly {NUMBER_WORDS[n]} objects.",
+                lambda l, r: len(l.objects) == n and len(r.objects) == n,
+            )
         case _:
-            return ("There are more objects in the left image than in the right image.",
-                    lambda l, r: len(l.objects) > len(r.objects))
+            return (
+                "There are more objects in the left image than in the right image.",
+                lambda l, r: len(l.objects) > len(r.objects),
+            )
 
 
 # -- SNLI-VE -------------------------------------------------------------------------------------------
+
 
 def snli_ve_hypotheses(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
     """One hypothesis per label.  Templates are shared between labels so wording alone does not
@@ -437,13 +507,23 @@ def snli_ve_hypotheses(scene: Scene, rng: np.random.Generator) -> list[tuple[str
         return f"The picture shows {NUMBER_WORDS[min(k, 10)]} shapes."
 
     def unseen(y: str) -> list[str]:
-        return [f"{other} is hidden behind the {y}.", f"The {y} was drawn before the other shapes.",
-                f"The {y} is made of paper."]
+        return [
+            f"{other} is hidden behind the {y}.",
+            f"The {y} was drawn before the other shapes.",
+            f"The {y} is made of paper.",
+        ]
 
     entail = [f"There is {_article(present)}.", shows(n)]
     if missing_shapes:
         entail.append(f"There are no {plural(pick(rng, missing_shapes))}.")
-    factual_contra = [f"There is {_article(absent)}.", shows(n + int(rng.integers(1, 3))),
-                      f"There are no {plural(obj.shape)}."]
+    factual_contra = [
+        f"There is {_article(absent)}.",
+        shows(n + int(rng.integers(1, 3))),
+        f"There are no {plural(obj.shape)}.",
+    ]
     contra = pick(rng, factual_contra) if rng.random() < 0.6 else pick(rng, unseen(absent))
-    return [(pick(rng, entail), "entailment"), (contra, "contradiction"), (pick(rng, unseen(present)), "neutral")]
+    return [
+        (pick(rng, entail), "entailment"),
+        (contra, "contradiction"),
+        (pick(rng, unseen(present)), "neutral"),
+    ]

@@ -34,8 +34,12 @@ def _object_vector(obj: dict, width: int, height: int, dim: int, rng: np.random.
     v[len(SHAPES) + list(COLOURS).index(obj["colour"])] += 1
     v[len(SHAPES) + len(COLOURS) + SIZES.index(obj["size"])] += 1
     x1, y1, x2, y2 = obj["box"]
-    v[ATTRIBUTE_DIMS - 4:ATTRIBUTE_DIMS] += [(x1 + x2) / 2 / width, (y1 + y2) / 2 / height,
-                                             (x2 - x1) / width, (y2 - y1) / height]
+    v[ATTRIBUTE_DIMS - 4 : ATTRIBUTE_DIMS] += [
+        (x1 + x2) / 2 / width,
+        (y1 + y2) / 2 / height,
+        (x2 - x1) / width,
+        (y2 - y1) / height,
+    ]
     return v
 
 
@@ -45,8 +49,14 @@ def _random_box(rng: np.random.Generator, width: int, height: int) -> list[float
     return [float(x), float(y), float(x + w), float(y + h)]
 
 
-def placeholder_record(key: str, scene: dict, dim: int, seed: int,
-                       gt_boxes: list[list[float]] | None = None, gt_ids: list[int] | None = None) -> RegionRecord:
+def placeholder_record(
+    key: str,
+    scene: dict,
+    dim: int,
+    seed: int,
+    gt_boxes: list[list[float]] | None = None,
+    gt_ids: list[int] | None = None,
+) -> RegionRecord:
     """One image's placeholder record; the same image gets the same detections in every LMDB."""
     W, H = scene["width"], scene["height"]
     rng = np.random.default_rng([seed, zlib.crc32(scene["file"].encode())])
@@ -61,28 +71,39 @@ def placeholder_record(key: str, scene: dict, dim: int, seed: int,
         objects = [scene["objects"][i] for i in rng.permutation(len(scene["objects"]))]
         for obj in objects:
             jitter = rng.uniform(-2, 2, 4)
-            x1, y1, x2, y2 = (float(np.clip(v + j, 0, lim)) for v, j, lim in
-                              zip(obj["box"], jitter, (W, H, W, H), strict=True))
+            x1, y1, x2, y2 = (
+                float(np.clip(v + j, 0, lim))
+                for v, j, lim in zip(obj["box"], jitter, (W, H, W, H), strict=True)
+            )
             boxes.append([x1, y1, x2, y2])
             feats.append(_object_vector(obj, W, H, dim, rng))
         for _ in range(int(rng.integers(1, 5))):
             boxes.append(_random_box(rng, W, H))
             feats.append(rng.normal(0, NOISE, dim))
-    return RegionRecord(key, H, W, np.asarray(boxes, np.float32).reshape(-1, 4),
-                        np.asarray(feats, np.float32).reshape(len(boxes), dim), len(boxes),
-                        extra={"source": "placeholder"})
+    return RegionRecord(
+        key,
+        H,
+        W,
+        np.asarray(boxes, np.float32).reshape(-1, 4),
+        np.asarray(feats, np.float32).reshape(len(boxes), dim),
+        len(boxes),
+        extra={"source": "placeholder"},
+    )
 
 
-def write_placeholder_features(data: str | Path, dim: int = 64, seed: int = 0, progress: bool = True,
-                               build_pools: bool = True) -> dict[str, int]:
+def write_placeholder_features(
+    data: str | Path, dim: int = 64, seed: int = 0, progress: bool = True, build_pools: bool = True
+) -> dict[str, int]:
     """Write every LMDB of the world's feature jobs; returns records per LMDB (relative path)."""
     if dim < ATTRIBUTE_DIMS:
         raise ValueError(f"placeholder features need at least {ATTRIBUTE_DIMS} dimensions, got {dim}")
     root = Path(data)
     meta = root / "synthetic"
     if not (meta / "feature_jobs.json").is_file():
-        raise FileNotFoundError(f"{meta / 'feature_jobs.json'} not found; generate the world first "
-                                "(python -m training.synthetic --out D)")
+        raise FileNotFoundError(
+            f"{meta / 'feature_jobs.json'} not found; generate the world first "
+            "(python -m training.synthetic --out D)"
+        )
     scenes = {s["file"]: s for s in json.loads((meta / "scenes.json").read_text())}
     jobs = json.loads((meta / "feature_jobs.json").read_text())
     counts = {}
@@ -94,8 +115,16 @@ def write_placeholder_features(data: str | Path, dim: int = 64, seed: int = 0, p
                 shutil.rmtree(path)
             with FeatureStoreWriter(path, feature_dim=dim) as writer:
                 for item in job["items"]:
-                    writer.put(placeholder_record(item["key"], scenes[item["image"]], dim, seed,
-                                                  item.get("gt_boxes"), item.get("gt_ids")))
+                    writer.put(
+                        placeholder_record(
+                            item["key"],
+                            scenes[item["image"]],
+                            dim,
+                            seed,
+                            item.get("gt_boxes"),
+                            item.get("gt_ids"),
+                        )
+                    )
                     bar.update(1)
             counts[job["lmdb"]] = len(job["items"])
     if build_pools:
@@ -106,8 +135,12 @@ def write_placeholder_features(data: str | Path, dim: int = 64, seed: int = 0, p
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write PLACEHOLDER region-feature LMDBs for the synthetic world.")
-    parser.add_argument("--data", required=True, type=Path, help="the world's root (python -m training.synthetic --out)")
+    parser = argparse.ArgumentParser(
+        description="Write PLACEHOLDER region-feature LMDBs for the synthetic world."
+    )
+    parser.add_argument(
+        "--data", required=True, type=Path, help="the world's root (python -m training.synthetic --out)"
+    )
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

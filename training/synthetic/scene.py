@@ -70,14 +70,32 @@ class Scene:
     ids: dict[str, str] = field(default_factory=dict)  # id per pool: coco, vg, flickr, gqa, nlvr2
 
     def count(self, shape: str | None = None, colour: str | None = None, size: str | None = None) -> int:
-        return sum(1 for o in self.objects if (shape is None or o.shape == shape)
-                   and (colour is None or o.colour == colour) and (size is None or o.size == size))
+        return sum(
+            1
+            for o in self.objects
+            if (shape is None or o.shape == shape)
+            and (colour is None or o.colour == colour)
+            and (size is None or o.size == size)
+        )
 
     def to_json(self) -> dict:
-        return {"key": self.key, "file": self.file, "width": self.width, "height": self.height,
-                "ids": self.ids, "objects": [
-                    {"id": o.object_id, "shape": o.shape, "colour": o.colour, "size": o.size,
-                     "box": [round(v, 2) for v in o.box]} for o in self.objects]}
+        return {
+            "key": self.key,
+            "file": self.file,
+            "width": self.width,
+            "height": self.height,
+            "ids": self.ids,
+            "objects": [
+                {
+                    "id": o.object_id,
+                    "shape": o.shape,
+                    "colour": o.colour,
+                    "size": o.size,
+                    "box": [round(v, 2) for v in o.box],
+                }
+                for o in self.objects
+            ],
+        }
 
 
 def _overlap_fraction(a: tuple[float, ...], b: tuple[float, ...]) -> float:
@@ -100,8 +118,13 @@ class SceneSampler:
         colours = self.rng.choice(list(COLOURS), size=int(self.rng.integers(2, 5)), replace=False).tolist()
         return shapes, colours
 
-    def sample(self, key: str, min_objects: int = 2, max_objects: int = 6,
-               palette: tuple[list[str], list[str]] | None = None) -> Scene:
+    def sample(
+        self,
+        key: str,
+        min_objects: int = 2,
+        max_objects: int = 6,
+        palette: tuple[list[str], list[str]] | None = None,
+    ) -> Scene:
         rng = self.rng
         W, H = int(rng.integers(200, 321)), int(rng.integers(160, 257))
         n = int(rng.integers(min_objects, max_objects + 1))
@@ -118,9 +141,14 @@ class SceneSampler:
             if any(_overlap_fraction(box, o.box) > MAX_OVERLAP for o in objects):
                 continue
             # Mostly from the scene's palette; sometimes any shape/colour, so every combination occurs.
-            shape = shapes[int(rng.integers(len(shapes)))] if rng.random() < 0.8 else SHAPES[int(rng.integers(6))]
-            colour = (colours[int(rng.integers(len(colours)))] if rng.random() < 0.8
-                      else list(COLOURS)[int(rng.integers(len(COLOURS)))])
+            shape = (
+                shapes[int(rng.integers(len(shapes)))] if rng.random() < 0.8 else SHAPES[int(rng.integers(6))]
+            )
+            colour = (
+                colours[int(rng.integers(len(colours)))]
+                if rng.random() < 0.8
+                else list(COLOURS)[int(rng.integers(len(COLOURS)))]
+            )
             objects.append(SceneObject(self.next_object_id, shape, colour, size, box))
             self.next_object_id += 1
         return Scene(key, W, H, objects, seed=int(rng.integers(2**31)))
@@ -143,8 +171,20 @@ def _shape_polygon(shape: str, box: tuple[float, float, float, float]) -> list[t
             return pts
         case "cross":
             t = r * 0.36
-            return [(cx - t, y1), (cx + t, y1), (cx + t, cy - t), (x2, cy - t), (x2, cy + t), (cx + t, cy + t),
-                    (cx + t, y2), (cx - t, y2), (cx - t, cy + t), (x1, cy + t), (x1, cy - t), (cx - t, cy - t)]
+            return [
+                (cx - t, y1),
+                (cx + t, y1),
+                (cx + t, cy - t),
+                (x2, cy - t),
+                (x2, cy + t),
+                (cx + t, cy + t),
+                (cx + t, y2),
+                (cx - t, y2),
+                (cx - t, cy + t),
+                (x1, cy + t),
+                (x1, cy - t),
+                (cx - t, cy - t),
+            ]
     raise ValueError(f"not a polygon shape: {shape}")
 
 

@@ -43,8 +43,9 @@ def _text_key(text: str) -> tuple[str, str]:
     return t, " ".join(t.split()[:3])
 
 
-def _prior_accuracy(train: Sequence[tuple[str, int, dict[int, float]]],
-                    evaluation: Sequence[tuple[str, dict[int, float]]]) -> tuple[float, float]:
+def _prior_accuracy(
+    train: Sequence[tuple[str, int, dict[int, float]]], evaluation: Sequence[tuple[str, dict[int, float]]]
+) -> tuple[float, float]:
     """(majority, text prior) scores; items are (text, best label, {label: score})."""
     total: Counter[int] = Counter()
     by_text: dict[str, Counter[int]] = defaultdict(Counter)
@@ -97,8 +98,11 @@ def _largest_prior_pointing(ds: TaskDataset) -> tuple[float, float]:
         case Source.VISUAL7W:
             data = json.loads((ds.dataroot / "dataset_v7w_pointing.json").read_text())
             area = {b["box_id"]: b["width"] * b["height"] for b in data["boxes"]}
-            candidates = {str(qa["qa_id"]): [qa["answer"], *qa["multiple_choices"]]
-                          for img in data["images"] for qa in img["qa_pairs"]}
+            candidates = {
+                str(qa["qa_id"]): [qa["answer"], *qa["multiple_choices"]]
+                for img in data["images"]
+                for qa in img["qa_pairs"]
+            }
         case _:
             candidates = {}
             for game in read_jsonl(ds.dataroot / f"guesswhat.{ds.split}.jsonl"):
@@ -112,8 +116,9 @@ def _largest_prior_pointing(ds: TaskDataset) -> tuple[float, float]:
     return 100 * chance / len(ds), 100 * prior / len(ds)
 
 
-def summarise(data_root: str | Path, config: LoaderConfig | None = None,
-              progress: Callable[[str], None] | None = None) -> list[TaskSummary]:
+def summarise(
+    data_root: str | Path, config: LoaderConfig | None = None, progress: Callable[[str], None] | None = None
+) -> list[TaskSummary]:
     cfg = config or LoaderConfig.for_data_root(data_root)
     tokenizer = load_tokenizer()
     out = []
@@ -143,12 +148,14 @@ def _baselines(task: Task, train: TaskDataset, val: TaskDataset, s: TaskSummary)
         case Family.QA:
             vocab = len(getattr(train, "ans2label", {})) or 1
             evaluation = [(t, sc) for t, _, sc in _qa_items(val)]
-            s.chance = 100 * float(np.mean([sum(sc.values()) / vocab for _, sc in evaluation])) if evaluation else 0
+            s.chance = (
+                100 * float(np.mean([sum(sc.values()) / vocab for _, sc in evaluation])) if evaluation else 0
+            )
             s.majority, s.text_prior = _prior_accuracy(_qa_items(train), evaluation)
         case Family.RETRIEVAL:
             n_images = len(getattr(val, "images", [])) or 1
             s.chance, s.majority, s.text_prior = 25.0, 25.0, 25.0
-            s.note += f"4-way multiple choice; R@1 by chance over the {n_images}-image test set: {100 / n_images:.1f}%"
+            s.note += f"4-way choice; chance R@1 on the {n_images}-image test set: {100 / n_images:.1f}%"
         case Family.GROUNDING:
             if task.num_candidates:
                 s.chance, s.majority = _largest_prior_pointing(val)
@@ -166,17 +173,23 @@ def format_summary(rows: Sequence[TaskSummary]) -> str:
     def pct(v: float | None) -> str:
         return "-" if v is None else f"{v:.1f}"
 
-    lines = ["| task | examples per split | eval split | chance % | majority % | text-only prior % | note |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| task | examples per split | eval split | chance % | majority % | text-only prior % | note |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         splits = ", ".join(f"{k} {v}" for k, v in r.examples.items())
-        lines.append(f"| {r.task} | {splits} | {r.eval_split} | {pct(r.chance)} | {pct(r.majority)} | "
-                     f"{pct(r.text_prior)} | {r.note.strip('; ')} |")
+        lines.append(
+            f"| {r.task} | {splits} | {r.eval_split} | {pct(r.chance)} | {pct(r.majority)} | "
+            f"{pct(r.text_prior)} | {r.note.strip('; ')} |"
+        )
     return "\n".join(lines)
 
 
-def write_summary(out: Path, rows: Sequence[TaskSummary], extra: dict[str, Any] | None = None,
-                  preface: str = "") -> None:
+def write_summary(
+    out: Path, rows: Sequence[TaskSummary], extra: dict[str, Any] | None = None, preface: str = ""
+) -> None:
     (out / "summary.md").write_text(preface + format_summary(rows) + "\n")
-    (out / "summary.json").write_text(json.dumps({"tasks": [asdict(r) for r in rows], **(extra or {})}, indent=1))
-
+    (out / "summary.json").write_text(
+        json.dumps({"tasks": [asdict(r) for r in rows], **(extra or {})}, indent=1)
+    )

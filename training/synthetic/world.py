@@ -81,9 +81,13 @@ class FeatureJob:
         self.items.setdefault(item.key, item)
 
     def to_json(self) -> dict:
-        return {"lmdb": self.lmdb, "kind": self.kind,
-                "items": [vars(i) | ({} if i.gt_boxes is not None else {"gt_boxes": None})
-                          for i in self.items.values()]}
+        return {
+            "lmdb": self.lmdb,
+            "kind": self.kind,
+            "items": [
+                vars(i) | ({} if i.gt_boxes is not None else {"gt_boxes": None}) for i in self.items.values()
+            ],
+        }
 
 
 def _dump_pickle(obj: object, path: Path) -> None:
@@ -153,27 +157,42 @@ class WorldWriter:
         self.coco: dict[str, list[Scene]] = {"train2014": [], "val2014": [], "test2015": []}
         for k, cid in enumerate(coco_ids):
             sub = "train2014" if k < n_train else "val2014"
-            self.coco[sub].append(self._scene(
-                f"coco-{cid}", f"images/coco/{sub}/COCO_{sub}_{cid:012d}.jpg", {"coco": str(cid)}))
+            self.coco[sub].append(
+                self._scene(f"coco-{cid}", f"images/coco/{sub}/COCO_{sub}_{cid:012d}.jpg", {"coco": str(cid)})
+            )
         for cid in self._ids(s.coco_test_images, 1, 581930, taken):
-            self.coco["test2015"].append(self._scene(
-                f"coco-{cid}", f"images/coco/test2015/COCO_test2015_{cid:012d}.jpg", {"coco": str(cid)}))
+            self.coco["test2015"].append(
+                self._scene(
+                    f"coco-{cid}", f"images/coco/test2015/COCO_test2015_{cid:012d}.jpg", {"coco": str(cid)}
+                )
+            )
         vg_ids = self._ids(s.vg_only_images + s.vg_from_coco, 1, 2417998, set())
-        shared = [self.coco["train2014"][i] for i in self.rng.choice(
-            len(self.coco["train2014"]), size=min(s.vg_from_coco, len(self.coco["train2014"])), replace=False)]
+        shared = [
+            self.coco["train2014"][i]
+            for i in self.rng.choice(
+                len(self.coco["train2014"]),
+                size=min(s.vg_from_coco, len(self.coco["train2014"])),
+                replace=False,
+            )
+        ]
         self.vg: list[Scene] = []
         for scene, vid in zip(shared, vg_ids, strict=False):
             scene.ids["vg"] = str(vid)  # the same picture, known to VG under its own id
             self.vg.append(scene)
-        for vid in vg_ids[len(shared):]:
-            self.vg.append(self._scene(f"vg-{vid}", f"images/vg/{vid}.jpg", {"vg": str(vid)},
-                                       min_objects=3, max_objects=7))
+        for vid in vg_ids[len(shared) :]:
+            self.vg.append(
+                self._scene(
+                    f"vg-{vid}", f"images/vg/{vid}.jpg", {"vg": str(vid)}, min_objects=3, max_objects=7
+                )
+            )
         self.gqa_test: list[Scene] = []
         for gid in self._ids(s.gqa_testdev_images, 100000, 999999, set()):
             self.gqa_test.append(self._scene(f"gqa-n{gid}", f"images/gqa/n{gid}.jpg", {"gqa": f"n{gid}"}))
         self.flickr: list[Scene] = []
         for fid in self._ids(s.flickr_images, 1000000, 9999999999, set()):
-            self.flickr.append(self._scene(f"flickr-{fid}", f"images/flickr30k/{fid}.jpg", {"flickr": str(fid)}))
+            self.flickr.append(
+                self._scene(f"flickr-{fid}", f"images/flickr30k/{fid}.jpg", {"flickr": str(fid)})
+            )
         self.nlvr2: dict[str, list[tuple[int, list[tuple[Scene, Scene]], tuple[list[str], list[str]]]]] = {}
         # NLVR2 sets are drawn later (statements need scene pairs that make them true and false).
 
@@ -195,18 +214,42 @@ class WorldWriter:
                     qid = cid * 1000 + k
                     questions.append({"image_id": cid, "question": qa.question, "question_id": qid})
                     answers = lang.annotator_answers(qa, self.rng)
-                    annotations.append({
-                        "question_id": qid, "image_id": cid, "question_type": qa.kind,
-                        "answer_type": qa.answer_type, "multiple_choice_answer": _majority(answers),
-                        "answers": [{"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
-                                    for i, a in enumerate(answers)]})
+                    annotations.append(
+                        {
+                            "question_id": qid,
+                            "image_id": cid,
+                            "question_type": qa.kind,
+                            "answer_type": qa.answer_type,
+                            "multiple_choice_answer": _majority(answers),
+                            "answers": [
+                                {"answer": a, "answer_confidence": "yes", "answer_id": i + 1}
+                                for i, a in enumerate(answers)
+                            ],
+                        }
+                    )
             kind = "test" if sub == "test2015" else "mscoco"
-            _dump_json({"info": info, "task_type": "Open-Ended", "data_type": kind, "data_subtype": split_name,
-                        "license": {}, "questions": questions},
-                       d / f"v2_OpenEnded_mscoco_{split_name}_questions.json")
+            _dump_json(
+                {
+                    "info": info,
+                    "task_type": "Open-Ended",
+                    "data_type": kind,
+                    "data_subtype": split_name,
+                    "license": {},
+                    "questions": questions,
+                },
+                d / f"v2_OpenEnded_mscoco_{split_name}_questions.json",
+            )
             if sub != "test2015":
-                _dump_json({"info": info, "data_type": "mscoco", "data_subtype": split_name, "license": {},
-                            "annotations": annotations}, d / f"v2_mscoco_{split_name}_annotations.json")
+                _dump_json(
+                    {
+                        "info": info,
+                        "data_type": "mscoco",
+                        "data_subtype": split_name,
+                        "license": {},
+                        "annotations": annotations,
+                    },
+                    d / f"v2_mscoco_{split_name}_annotations.json",
+                )
         build_vqa_cache(d, self.size.vqa_min_count)
         n_val = sum(self.size.vqa_per_image for _ in self.coco["val2014"])
         self.loader_config["minval_size"] = max(1, n_val // 3)
@@ -226,11 +269,18 @@ class WorldWriter:
                 for qa in lang.gqa_questions(scene, self.rng, self.size.gqa_per_image):
                     qid += 1
                     questions[str(qid)] = {
-                        "imageId": image_id, "question": qa.question[0].upper() + qa.question[1:],
-                        "answer": qa.answer, "fullAnswer": f"The answer is {qa.answer}.", "isBalanced": True,
+                        "imageId": image_id,
+                        "question": qa.question[0].upper() + qa.question[1:],
+                        "answer": qa.answer,
+                        "fullAnswer": f"The answer is {qa.answer}.",
+                        "isBalanced": True,
                         "types": {"semantic": qa.kind, "structural": "query", "detailed": qa.kind},
-                        "groups": {"global": None, "local": qa.kind}, "semantic": [], "annotations": {},
-                        "entailed": [], "equivalent": [str(qid)]}
+                        "groups": {"global": None, "local": qa.kind},
+                        "semantic": [],
+                        "annotations": {},
+                        "entailed": [],
+                        "equivalent": [str(qid)],
+                    }
             _dump_json(questions, d / f"{split}_balanced_questions.json")
         build_gqa_cache(d)
 
@@ -244,12 +294,28 @@ class WorldWriter:
             qas = []
             for qa in lang.vg_questions(scene, self.rng, self.size.vg_per_image):
                 qa_id += 1
-                qas.append({"qa_id": qa_id, "image_id": vid, "question": qa.question, "answer": qa.answer,
-                            "a_objects": [], "q_objects": []})
+                qas.append(
+                    {
+                        "qa_id": qa_id,
+                        "image_id": vid,
+                        "question": qa.question,
+                        "answer": qa.answer,
+                        "a_objects": [],
+                        "q_objects": [],
+                    }
+                )
             images.append({"id": vid, "qas": qas})
             coco = scene.ids.get("coco")
-            image_data.append({"image_id": vid, "coco_id": int(coco) if coco else None, "flickr_id": None,
-                               "width": scene.width, "height": scene.height, "url": scene.file})
+            image_data.append(
+                {
+                    "image_id": vid,
+                    "coco_id": int(coco) if coco else None,
+                    "flickr_id": None,
+                    "width": scene.width,
+                    "height": scene.height,
+                    "url": scene.file,
+                }
+            )
         _dump_json(images, d / "question_answers.json")
         _dump_json(image_data, d / "image_data.json")
         with (self.data / "VQA" / "cache" / "trainval_ans2label.pkl").open("rb") as f:
@@ -274,8 +340,13 @@ class WorldWriter:
             lines = []
             for scene in scenes:
                 det.add(FeatureItem(scene.ids["coco"], scene.file))
-                lines.append({"id": int(scene.ids["coco"]), "img_path": Path(scene.file).name,
-                              "sentences": self._captions(scene)})
+                lines.append(
+                    {
+                        "id": int(scene.ids["coco"]),
+                        "img_path": Path(scene.file).name,
+                        "sentences": self._captions(scene),
+                    }
+                )
             _dump_jsonl(lines, d / name)
         d = self.data / "flickr30k"
         fdet = self._job(L.FLICKR_LMDB)
@@ -296,7 +367,9 @@ class WorldWriter:
         # Like the real ones, RefCOCO(+) and RefCOCOg each use a part of COCO train2014 (overlapping).
         pool = [s for s in self.coco["train2014"] if len(s.objects) >= 2]
         unc_pool = [pool[i] for i in self.rng.permutation(len(pool))[: max(8, int(0.5 * len(pool)))]]
-        uniq = _split_by_fraction(unc_pool, {"train": 0.8, "val": 0.08, "testA": 0.06, "testB": 0.06}, self.rng)
+        uniq = _split_by_fraction(
+            unc_pool, {"train": 0.8, "val": 0.08, "testA": 0.06, "testB": 0.06}, self.rng
+        )
         umd_pool = [pool[i] for i in self.rng.permutation(len(pool))[: max(8, int(0.5 * len(pool)))]]
         umd = _split_by_fraction(umd_pool, {"train": 0.82, "val": 0.08, "test": 0.1}, self.rng)
         categories = [{"id": i + 1, "name": s, "supercategory": "shape"} for i, s in enumerate(SHAPES)]
@@ -308,7 +381,9 @@ class WorldWriter:
         ):
             refs, images, annotations = [], {}, {}
             det = self._job(f"refcoco/{name}_{split_by}/{name}_resnext152_faster_rcnn_genome.lmdb")
-            gt = self._job(f"refcoco/{name}_{split_by}/{name}_gt_resnext152_faster_rcnn_genome.lmdb", "gt_boxes")
+            gt = self._job(
+                f"refcoco/{name}_{split_by}/{name}_gt_resnext152_faster_rcnn_genome.lmdb", "gt_boxes"
+            )
             for split, scenes in splits.items():
                 for scene in scenes:
                     cid = int(scene.ids["coco"])
@@ -323,30 +398,58 @@ class WorldWriter:
                             if text and all(s["raw"] != text for s in sentences):
                                 sent_id += 1
                                 sent = text.lower()
-                                sentences.append({"raw": text, "sent": sent, "tokens": sent.split(),
-                                                  "sent_id": sent_id})
+                                sentences.append(
+                                    {"raw": text, "sent": sent, "tokens": sent.split(), "sent_id": sent_id}
+                                )
                         if not sentences:
                             continue
                         made += 1
-                        refs.append({"ref_id": len(refs), "ann_id": obj.object_id, "image_id": cid,
-                                     "split": split, "category_id": SHAPES.index(obj.shape) + 1,
-                                     "sent_ids": [s["sent_id"] for s in sentences], "sentences": sentences,
-                                     "file_name": f"COCO_train2014_{cid:012d}_{obj.object_id}.jpg"})
+                        refs.append(
+                            {
+                                "ref_id": len(refs),
+                                "ann_id": obj.object_id,
+                                "image_id": cid,
+                                "split": split,
+                                "category_id": SHAPES.index(obj.shape) + 1,
+                                "sent_ids": [s["sent_id"] for s in sentences],
+                                "sentences": sentences,
+                                "file_name": f"COCO_train2014_{cid:012d}_{obj.object_id}.jpg",
+                            }
+                        )
                     if made:
-                        images[cid] = {"id": cid, "file_name": Path(scene.file).name, "height": scene.height,
-                                       "width": scene.width}
+                        images[cid] = {
+                            "id": cid,
+                            "file_name": Path(scene.file).name,
+                            "height": scene.height,
+                            "width": scene.width,
+                        }
                         objs = sorted(scene.objects, key=lambda o: o.object_id)
                         for o in objs:
                             annotations[o.object_id] = {
-                                "id": o.object_id, "image_id": cid, "bbox": o.xywh, "area": o.area,
-                                "category_id": SHAPES.index(o.shape) + 1, "iscrowd": 0, "segmentation": []}
+                                "id": o.object_id,
+                                "image_id": cid,
+                                "bbox": o.xywh,
+                                "area": o.area,
+                                "category_id": SHAPES.index(o.shape) + 1,
+                                "iscrowd": 0,
+                                "segmentation": [],
+                            }
                         det.add(FeatureItem(str(cid), scene.file))
-                        gt.add(FeatureItem(str(cid), scene.file, [list(o.box) for o in objs],
-                                           [o.object_id for o in objs]))
+                        gt.add(
+                            FeatureItem(
+                                str(cid), scene.file, [list(o.box) for o in objs], [o.object_id for o in objs]
+                            )
+                        )
             folder = root / name
             _dump_pickle(refs, folder / f"refs({split_by}).p")
-            _dump_json({"images": list(images.values()), "annotations": list(annotations.values()),
-                        "categories": categories}, folder / "instances.json")
+            _dump_json(
+                {
+                    "images": list(images.values()),
+                    "annotations": list(annotations.values()),
+                    "categories": categories,
+                },
+                folder / "instances.json",
+            )
 
     # -- Visual7W ----------------------------------------------------------------------------------
     def write_visual7w(self) -> None:
@@ -371,8 +474,15 @@ class WorldWriter:
                     others = [o for o in scene.objects if o is not obj]
                     distractors = [others[i] for i in self.rng.choice(len(others), size=3, replace=False)]
                     qa_id += 1
-                    qa_pairs.append({"qa_id": qa_id, "question": question, "answer": obj.object_id,
-                                     "multiple_choices": [o.object_id for o in distractors], "type": "which"})
+                    qa_pairs.append(
+                        {
+                            "qa_id": qa_id,
+                            "question": question,
+                            "answer": obj.object_id,
+                            "multiple_choices": [o.object_id for o in distractors],
+                            "type": "which",
+                        }
+                    )
                 if not qa_pairs:
                     continue
                 used = sorted({b for qa in qa_pairs for b in [qa["answer"], *qa["multiple_choices"]]})
@@ -380,8 +490,15 @@ class WorldWriter:
                 for b in used:
                     x, y, w, h = by_id[b].xywh
                     boxes[b] = {"box_id": b, "x": x, "y": y, "width": w, "height": h, "name": by_id[b].shape}
-                images.append({"image_id": vid, "filename": f"v7w_{vid}.jpg", "split": split,
-                               "type": "pointing", "qa_pairs": qa_pairs})
+                images.append(
+                    {
+                        "image_id": vid,
+                        "filename": f"v7w_{vid}.jpg",
+                        "split": split,
+                        "type": "pointing",
+                        "qa_pairs": qa_pairs,
+                    }
+                )
                 det.add(FeatureItem(f"v7w_{vid}", scene.file))
                 gt.add(FeatureItem(f"v7w_{vid}", scene.file, [list(by_id[b].box) for b in used], used))
         _dump_json({"images": images, "boxes": list(boxes.values())}, d / "dataset_v7w_pointing.json")
@@ -409,33 +526,62 @@ class WorldWriter:
                         continue
                     made += 1
                     game_id += 1
-                    games.append({
-                        "id": game_id, "questioner_id": 0, "timestamp": "2017-01-01 00:00:00",
-                        "image": {"id": cid, "file_name": Path(scene.file).name, "width": scene.width,
-                                  "height": scene.height, "coco_url": scene.file, "flickr_url": ""},
-                        "qas": [{"question": q, "answer": a, "id": game_id * 100 + k}
-                                for k, (q, a) in enumerate(dialog)],
-                        "objects": [{"id": o.object_id, "category": o.shape,
-                                     "category_id": SHAPES.index(o.shape) + 1, "bbox": o.xywh, "area": o.area,
-                                     "segment": []} for o in objs],
-                        "object_id": obj.object_id, "status": "success"})
+                    games.append(
+                        {
+                            "id": game_id,
+                            "questioner_id": 0,
+                            "timestamp": "2017-01-01 00:00:00",
+                            "image": {
+                                "id": cid,
+                                "file_name": Path(scene.file).name,
+                                "width": scene.width,
+                                "height": scene.height,
+                                "coco_url": scene.file,
+                                "flickr_url": "",
+                            },
+                            "qas": [
+                                {"question": q, "answer": a, "id": game_id * 100 + k}
+                                for k, (q, a) in enumerate(dialog)
+                            ],
+                            "objects": [
+                                {
+                                    "id": o.object_id,
+                                    "category": o.shape,
+                                    "category_id": SHAPES.index(o.shape) + 1,
+                                    "bbox": o.xywh,
+                                    "area": o.area,
+                                    "segment": [],
+                                }
+                                for o in objs
+                            ],
+                            "object_id": obj.object_id,
+                            "status": "success",
+                        }
+                    )
                 if made:
                     bbox_list[cid] = {"bboxes": [o.object_id for o in objs]}
                     bboxes.update({o.object_id: list(o.box) for o in objs})
                     det.add(FeatureItem(str(cid), scene.file))
-                    gt.add(FeatureItem(str(cid), scene.file, [list(o.box) for o in objs],
-                                       [o.object_id for o in objs]))
+                    gt.add(
+                        FeatureItem(
+                            str(cid), scene.file, [list(o.box) for o in objs], [o.object_id for o in objs]
+                        )
+                    )
             _dump_jsonl(games, d / f"guesswhat.{split}.jsonl")
         _dump_pickle(bbox_list, d / "cache" / "image_bbox_list.pkl")
         _dump_pickle(bboxes, d / "cache" / "bboxes_dict.pkl")
 
     # -- NLVR2 -------------------------------------------------------------------------------------
-    def _nlvr2_set(self, split: str, set_id: int) -> tuple[list[tuple[Scene, Scene]], list[str], list[list[bool]]]:
+    def _nlvr2_set(
+        self, split: str, set_id: int
+    ) -> tuple[list[tuple[Scene, Scene]], list[str], list[list[bool]]]:
         """Two image pairs and two statements, each true on one pair and false on the other."""
         for _ in range(50):
             palette = self.sampler.palette()
-            pairs = [(self.sampler.sample("_", 1, 5, palette), self.sampler.sample("_", 1, 5, palette))
-                     for _ in range(2)]
+            pairs = [
+                (self.sampler.sample("_", 1, 5, palette), self.sampler.sample("_", 1, 5, palette))
+                for _ in range(2)
+            ]
             wanted = [(True, False), (False, True)]
             found: list[tuple[str, list[bool]]] = []
             for _ in range(300):
@@ -449,7 +595,11 @@ class WorldWriter:
                 for p, (left, right) in enumerate(pairs):
                     for side, scene in enumerate((left, right)):
                         key = f"{split}-{set_id}-{p}-img{side}"
-                        scene.key, scene.file, scene.ids = key, f"images/nlvr2/{split}/{key}.png", {"nlvr2": key}
+                        scene.key, scene.file, scene.ids = (
+                            key,
+                            f"images/nlvr2/{split}/{key}.png",
+                            {"nlvr2": key},
+                        )
                         self.scenes[key] = scene
                 return pairs, [t for t, _ in found], [tr for _, tr in found]
         raise RuntimeError("could not draw an NLVR2 set with balanced statements")
@@ -465,10 +615,19 @@ class WorldWriter:
                     det.add(FeatureItem(left.key, left.file))
                     det.add(FeatureItem(right.key, right.file))
                     for s_idx, text in enumerate(statements):
-                        lines.append({"identifier": f"{split}-{set_id}-{p}-{s_idx}", "sentence": text,
-                                      "label": str(truths[s_idx][p]), "left_url": left.file,
-                                      "right_url": right.file, "writer": "synthetic", "synset": "shape",
-                                      "query": "shapes", "directory": set_id % 100})
+                        lines.append(
+                            {
+                                "identifier": f"{split}-{set_id}-{p}-{s_idx}",
+                                "sentence": text,
+                                "label": str(truths[s_idx][p]),
+                                "left_url": left.file,
+                                "right_url": right.file,
+                                "writer": "synthetic",
+                                "synset": "shape",
+                                "query": "shapes",
+                                "directory": set_id % 100,
+                            }
+                        )
             _dump_jsonl(lines, d / f"{split}.json")
 
     # -- SNLI-VE -----------------------------------------------------------------------------------
@@ -482,9 +641,17 @@ class WorldWriter:
                 premise = self._captions(scene)[0]
                 for hyp, label in lang.snli_ve_hypotheses(scene, self.rng):
                     pair_id += 1
-                    lines.append({"Flikr30kID": Path(scene.file).name, "sentence1": premise, "sentence2": hyp,
-                                  "gold_label": label, "annotator_labels": [label], "pairID": f"{pair_id}",
-                                  "captionID": f"{Path(scene.file).name}#0"})
+                    lines.append(
+                        {
+                            "Flikr30kID": Path(scene.file).name,
+                            "sentence1": premise,
+                            "sentence2": hyp,
+                            "gold_label": label,
+                            "annotator_labels": [label],
+                            "pairID": f"{pair_id}",
+                            "captionID": f"{Path(scene.file).name}#0",
+                        }
+                    )
             _dump_jsonl(lines, d / f"snli_ve_{split}.jsonl")
 
     # -- images, detector annotations, manifests ---------------------------------------------------
@@ -504,18 +671,31 @@ class WorldWriter:
         ann_id = 0
         for image_id, scene in enumerate(unique, start=1):
             part = out["val" if scene.file in val_files else "train"]
-            part["images"].append({"id": image_id, "file_name": scene.file, "width": scene.width,
-                                   "height": scene.height})
+            part["images"].append(
+                {"id": image_id, "file_name": scene.file, "width": scene.width, "height": scene.height}
+            )
             for o in scene.objects:
                 ann_id += 1
-                part["annotations"].append({
-                    "id": ann_id, "image_id": image_id, "bbox": [round(v, 2) for v in o.xywh],
-                    "area": round(o.area, 2), "iscrowd": 0, "category_id": SHAPES.index(o.shape) + 1,
-                    "attributes": {"color": o.colour, "size": o.size}})
+                part["annotations"].append(
+                    {
+                        "id": ann_id,
+                        "image_id": image_id,
+                        "bbox": [round(v, 2) for v in o.xywh],
+                        "area": round(o.area, 2),
+                        "iscrowd": 0,
+                        "category_id": SHAPES.index(o.shape) + 1,
+                        "attributes": {"color": o.colour, "size": o.size},
+                    }
+                )
         for split, part in out.items():
-            _dump_json({**part, "categories": categories,
-                        "attribute_names": {"color": list(COLOURS), "size": list(SIZES)}},
-                       self.out / "detector" / f"instances_{split}.json")
+            _dump_json(
+                {
+                    **part,
+                    "categories": categories,
+                    "attribute_names": {"color": list(COLOURS), "size": list(SIZES)},
+                },
+                self.out / "detector" / f"instances_{split}.json",
+            )
 
     def write_manifests(self) -> None:
         meta = self.out / "synthetic"
@@ -526,12 +706,21 @@ class WorldWriter:
         _dump_json(self.loader_config, self.out / "loader_config.json")
 
     def write(self) -> None:
-        steps = [("pools", self.make_pools), ("VQA", self.write_vqa), ("GQA", self.write_gqa),
-                 ("VG QA", self.write_vg_qa), ("retrieval", self.write_retrieval),
-                 ("RefCOCO", self.write_refer), ("Visual7W", self.write_visual7w),
-                 ("GuessWhat", self.write_guesswhat), ("NLVR2", self.write_nlvr2),
-                 ("SNLI-VE", self.write_snli_ve), ("images", self.render_images),
-                 ("detector", self.write_detector_annotations), ("manifests", self.write_manifests)]
+        steps = [
+            ("pools", self.make_pools),
+            ("VQA", self.write_vqa),
+            ("GQA", self.write_gqa),
+            ("VG QA", self.write_vg_qa),
+            ("retrieval", self.write_retrieval),
+            ("RefCOCO", self.write_refer),
+            ("Visual7W", self.write_visual7w),
+            ("GuessWhat", self.write_guesswhat),
+            ("NLVR2", self.write_nlvr2),
+            ("SNLI-VE", self.write_snli_ve),
+            ("images", self.render_images),
+            ("detector", self.write_detector_annotations),
+            ("manifests", self.write_manifests),
+        ]
         with tqdm(steps, desc="synthetic world", unit="step", disable=not self.progress) as bar:
             for name, step in bar:
                 bar.set_postfix_str(name)
