@@ -99,10 +99,11 @@ def preprocess(images: Sequence[np.ndarray], spec: Preprocessing) -> tuple[Image
         if spec.channel_order is ChannelOrder.BGR:
             x = x.flip(0)
         scale = spec.scale_for(h, w)
-        # round() is round-half-even, as cv2.resize's dsize computation in the reference.
+        # As cv2.resize(fx=fy=scale) in the reference: the output size is the rounded (half-to-even)
+        # product, while sampling positions use `scale` itself, not the ratio of the rounded sizes.
         nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         if (nh, nw) != (h, w):
-            x = F.interpolate(x[None], size=(nh, nw), mode="bilinear", align_corners=False)[0]
+            x = torch.ops.aten.upsample_bilinear2d(x[None], [nh, nw], False, scale, scale)[0]
         tensors.append((x - mean) / std)
         scales.append(scale)
     div = spec.size_divisibility
@@ -401,7 +402,12 @@ class RegionDetector(nn.Module):
         if self.attribute_head is not None and spec is not None and spec.groups:
             all_labels = torch.cat(labels)
             fg = all_labels > 0
-            attr_targets = torch.cat([t["attributes"][m] for t, m in zip(targets, matched_idxs)])[fg]
+            per_image = [
+                # matched_idxs is 0 for every proposal of an image without objects: no targets there.
+                t["attributes"][m] if len(t["attributes"]) else m.new_full((len(m), len(spec.groups)), -1)
+                for t, m in zip(targets, matched_idxs)
+            ]
+            attr_targets = torch.cat(per_image)[fg]
             # As in bottom-up attention, the class embedding sees the ground-truth class in training.
             logits = self.attribute_head(out.fc7[fg], all_labels[fg])
             loss_attr = out.fc7.sum() * 0.0
@@ -507,24 +513,25 @@ def select_regions(
     if n == 0:
         return torch.zeros(0, dtype=torch.long), max_conf, 0
     fg = scores[:, start:]
-    first = torch.unique(fg.argmax(dim=1)).tolist()
-    for phase in (first, None):
-        if phase is None:
-            # After the argmax classes, only classes with some score above a box's max_conf can matter.
-            need = ((fg > max_conf[:, None]) & (fg > spec.conf_thresh)).any(dim=0)
-            need[first] = False
-            classes = need.nonzero().flatten().tolist()
-        else:
-            classes = phase
-        for k in classes:
-            s = fg[:, k]
-            cand = (s > max_conf) & (s > spec.conf_thresh)
-            if not bool(cand.any()):
-                continue
-            prefix = (s >= s[cand].min()).nonzero().flatten()
-            kept = prefix[nms(nms_boxes[prefix], s[prefix], spec.nms_thresh)]
-            raise_ = kept[(s[kept] > max_conf[kept]) & (s[kept] > spec.conf_thresh)]
-            max_conf[raise_] = s[raise_]
+
+    def raise_max_conf(k: int) -> None:
+        s = fg[:, k]
+        candidates = (s > max_conf) & (s > spec.conf_thresh)
+        if not bool(candidates.any()):
+            return
+        prefix = (s >= s[candidates].min()).nonzero().flatten()
+        kept = prefix[nms(nms_boxes[prefix], s[prefix], spec.nms_thresh)]
+        raised = kept[(s[kept] > max_conf[kept]) & (s[kept] > spec.conf_thresh)]
+        max_conf[raised] = s[raised]
+
+    first = torch.unique(fg.argmax(dim=1))
+    for k in first.tolist():
+        raise_max_conf(k)
+    # Only classes scoring above some box's current max_conf can still change anything.
+    need = ((fg > max_conf[:, None]) & (fg > spec.conf_thresh)).any(dim=0)
+    need[first] = False
+    for k in need.nonzero().flatten().tolist():
+        raise_max_conf(k)
     order = torch.sort(max_conf, descending=True, stable=True).indices[: spec.max_boxes]
     kept_conf = max_conf[order]
     return order, kept_conf, int((kept_conf != 0).sum())
@@ -655,10 +662,20 @@ class RegionExtractor:
         counts = [len(p) for p in proposals]
         start = 0 if preset.selection.include_background else 1
         results = []
-        for img, props, scale, p, f, f7 in zip(
-            images, proposals, scales, probs.split(counts), out.features.split(counts), out.fc7.split(counts)
+        for i, (img, props, scale, p, f, f7) in enumerate(
+            zip(
+                images,
+                proposals,
+                scales,
+                probs.split(counts),
+                out.features.split(counts),
+                out.fc7.split(counts),
+            )
         ):
-            boxes = props / scale  # original-image pixels, as the reference divides by im_scale
+            if given is None:
+                boxes = props / scale  # original-image pixels, as the reference divides by im_scale
+            else:
+                boxes = torch.from_numpy(given[i])  # exactly as given (after clipping to the image)
             if given is None:
                 keep, max_conf, n_conf = select_regions(
                     boxes, p, preset.selection, preset.rpn.legacy_plus_one

@@ -21,13 +21,24 @@ GT-box mode (``--boxes FILE``, as the reference ``extract_features_from_gt.py``)
 fed as the proposals and all of them are kept, in the given order.  FILE is a JSON
 ``{image id: [[x1, y1, x2, y2], ...]}`` (``--box-format xywh`` for ``[x, y, w, h]``), or a COCO
 instances file (boxes ``[x, y, w, h]``, grouped by ``image_id`` and ordered by annotation id).
+
+Synthetic world (``--jobs D``): fills every LMDB listed in ``D/synthetic/feature_jobs.json`` (written
+by ``python -m training.synthetic``) under ``D/datasets/``, with exactly the keys the loaders query:
+detection LMDBs run the detector once per image however many LMDBs share it, GT-box LMDBs get
+features at the listed boxes in the listed order.  Resumable as above; a different detector or a
+regenerated world (fingerprint in ``D/synthetic/region_features.json``) starts the LMDBs afresh, so
+placeholder or stale records never survive.  Afterwards rebuild the retrieval hard-negative pools
+(``python -m training.datasets.retrieval --data-root D``), which depend on the features.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import re
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,7 +49,7 @@ import torch
 from tqdm import tqdm
 
 from regions.decode import ImageDecodeError, decode_file
-from regions.detector import RegionExtractor, build_detector, load_detector, preset_path_for
+from regions.detector import ImageRegions, RegionExtractor, build_detector, load_detector, preset_path_for
 from regions.presets import DetectorPreset, get_preset, load_preset_json
 from regions.store import FeatureStoreWriter
 
@@ -203,14 +214,119 @@ def extract_directory(
     return stats
 
 
+@dataclass
+class JobStats:
+    records: dict[str, int] = field(default_factory=dict)  # LMDB (relative to D/datasets) -> records
+    images_run: int = 0  # images through the detector (unique images, plus one per GT-box item)
+    fresh: bool = False  # the LMDBs were started afresh (new detector or new world)
+    failed: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _decode_all(data: Path, rels: list[str], failed: list[str]) -> tuple[list, list[int]]:
+    """Decoded images and the positions that decoded; failures are recorded, not raised."""
+    decoded, ok = [], []
+    for i, rel in enumerate(rels):
+        try:
+            decoded.append(decode_file(str(data / rel)))
+            ok.append(i)
+        except (ImageDecodeError, OSError) as e:
+            failed.append(f"{rel}: {e}")
+    return decoded, ok
+
+
+def extract_feature_jobs(
+    extractor: RegionExtractor,
+    data: Path,
+    *,
+    detector_id: str,
+    batch_size: int = 4,
+    with_cls_prob: bool = False,
+    progress: bool = True,
+) -> JobStats:
+    """Fill the synthetic world's feature LMDBs (see the module docstring)."""
+    jobs_path = data / "synthetic" / "feature_jobs.json"
+    jobs = json.loads(jobs_path.read_text())
+    datasets = data / "datasets"
+    stats = JobStats()
+    fingerprint = {
+        "detector": detector_id,
+        "preset": extractor.preset.name,
+        "feature_dim": extractor.preset.feature_dim,
+        "feature_jobs_sha256": _file_sha256(jobs_path),
+    }
+    meta_path = data / "synthetic" / "region_features.json"
+    previous = json.loads(meta_path.read_text()) if meta_path.exists() else None
+    if previous != fingerprint:
+        # Placeholder features, another detector's or an older world's: none may survive.
+        for job in jobs:
+            shutil.rmtree(datasets / job["lmdb"], ignore_errors=True)
+        stats.fresh = True
+    meta_path.write_text(json.dumps(fingerprint, indent=2))  # first, so an interrupted run resumes
+
+    extractor.batch_size = batch_size
+    dim = extractor.preset.feature_dim
+    t0 = time.perf_counter()
+    with contextlib.ExitStack() as stack:
+        writers = {
+            job["lmdb"]: stack.enter_context(FeatureStoreWriter(datasets / job["lmdb"], feature_dim=dim))
+            for job in jobs
+        }
+
+        def put(lmdb_name: str, key: str, regions: ImageRegions) -> None:
+            writers[lmdb_name].put(regions.to_record(key, with_cls_prob=with_cls_prob))
+            stats.records[lmdb_name] = stats.records.get(lmdb_name, 0) + 1
+
+        wanted: dict[str, list[tuple[str, str]]] = {}  # image -> (LMDB, key) pairs still missing
+        gt_items: list[tuple[str, dict]] = []
+        for job in jobs:
+            for item in job["items"]:
+                if item["key"] in writers[job["lmdb"]]:
+                    continue
+                if job["kind"] == "gt_boxes":
+                    gt_items.append((job["lmdb"], item))
+                else:
+                    wanted.setdefault(item["image"], []).append((job["lmdb"], item["key"]))
+        bar = tqdm(
+            total=len(wanted) + len(gt_items),
+            desc=f"world features ({extractor.preset.name})",
+            unit="img",
+            disable=not progress,
+            file=sys.stderr,
+        )
+        images = list(wanted)
+        for start in range(0, len(images), batch_size):
+            chunk = images[start : start + batch_size]
+            decoded, ok = _decode_all(data, chunk, stats.failed)
+            for i, regions in zip(ok, extractor.extract(decoded) if decoded else []):
+                for lmdb_name, key in wanted[chunk[i]]:
+                    put(lmdb_name, key, regions)
+            stats.images_run += len(ok)
+            bar.update(len(chunk))
+        for start in range(0, len(gt_items), batch_size):
+            chunk_items = gt_items[start : start + batch_size]
+            decoded, ok = _decode_all(data, [item["image"] for _, item in chunk_items], stats.failed)
+            boxes = [np.asarray(chunk_items[i][1]["gt_boxes"], dtype=np.float32).reshape(-1, 4) for i in ok]
+            for i, regions in zip(ok, extractor.extract_at_boxes(decoded, boxes) if decoded else []):
+                put(chunk_items[i][0], chunk_items[i][1]["key"], regions)
+            stats.images_run += len(ok)
+            bar.update(len(chunk_items))
+        bar.close()
+    stats.seconds = time.perf_counter() - t0
+    return stats
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m regions.extract", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", help="preset name (vg-x152-fpn, synthetic) or preset JSON")
     parser.add_argument("--weights", type=Path, help=".safetensors (ours) or maskrcnn-benchmark .pth")
-    parser.add_argument(
-        "--images", type=Path, required=True, help="directory of images (searched recursively)"
-    )
-    parser.add_argument("--out", type=Path, required=True, help="LMDB feature store (created or resumed)")
+    parser.add_argument("--images", type=Path, help="directory of images (searched recursively)")
+    parser.add_argument("--out", type=Path, help="LMDB feature store (created or resumed)")
+    parser.add_argument("--jobs", type=Path, metavar="D", help="fill the synthetic world D's feature LMDBs")
     parser.add_argument("--ids", choices=ID_MODES, default="stem", help="image id from the file name")
     parser.add_argument("--id-map", type=Path, help="JSON path->id, or COCO-style images list")
     parser.add_argument("--boxes", type=Path, help="GT-box mode: JSON id->boxes, or COCO instances file")
@@ -224,12 +340,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.jobs is None and (args.images is None or args.out is None):
+        parser.error("give --images DIR --out STORE, or --jobs D")
     extractor, random_weights = resolve_detector(args.preset, args.weights)
     if random_weights:
         print(
             f"warning: no --weights: {extractor.preset.name} runs with RANDOM weights (shapes/speed only)",
             file=sys.stderr,
         )
+    if args.jobs is not None:
+        return _main_jobs(args, extractor)
     stats = extract_directory(
         extractor,
         args.images,
@@ -248,6 +368,31 @@ def main(argv: list[str] | None = None) -> int:
         f"({stats.images_per_second:.2f} images/s, preset {extractor.preset.name}, "
         f"threads {torch.get_num_threads()}); {stats.skipped_existing} already there, "
         f"{stats.skipped_unmapped} without id/boxes, {len(stats.failed)} undecodable"
+    )
+    for line in stats.failed[:20]:
+        print(f"  failed: {line}", file=sys.stderr)
+    return 1 if stats.failed and args.strict else 0
+
+
+def _main_jobs(args: argparse.Namespace, extractor: RegionExtractor) -> int:
+    detector_id = _file_sha256(args.weights) if args.weights else "random-weights"
+    stats = extract_feature_jobs(
+        extractor,
+        args.jobs,
+        detector_id=detector_id,
+        batch_size=args.batch_size,
+        with_cls_prob=args.with_cls_prob,
+        progress=not args.quiet,
+    )
+    for name, n in sorted(stats.records.items()):
+        print(f"{n:7d}  {name}")
+    rate = stats.images_run / stats.seconds if stats.seconds else 0.0
+    print(
+        f"{'started afresh' if stats.fresh else 'resumed'}: {stats.images_run} images through the detector "
+        f"in {stats.seconds:.1f} s ({rate:.2f} images/s); {len(stats.failed)} undecodable"
+    )
+    print(
+        f"next: python -m training.datasets.retrieval --data-root {args.jobs}  (rebuild hard-negative pools)"
     )
     for line in stats.failed[:20]:
         print(f"  failed: {line}", file=sys.stderr)

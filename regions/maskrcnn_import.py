@@ -30,6 +30,15 @@ name, a mapped key the checkpoint lacks, or a shape that differs raises `Checkpo
 naming the keys; nothing is skipped silently.  The only variant chosen from the checkpoint is whether
 the fork's attribute head is present — all three of its tensors or none, and the report says which.
 Pickles are read with ``torch.load(weights_only=True)``: a checkpoint cannot run code.
+
+The weights arrive exactly; the runtime around them follows maskrcnn-benchmark where it matters for
+the features (Caffe BGR means, the 800/1333 resize rule, FrozenBN without epsilon, the checkpoint's
+own cell anchors at fixed strides, "+1" box decoding in the RPN and "+1" overlaps in the per-class
+NMS, aligned=False RoIAlign with sampling ratio 2).  Remaining known differences, all at the
+one-pixel level and unverified against the original (its weights are not available here):
+torchvision clips proposals to [0, W] rather than [0, W-1], computes the RoI pyramid level and the
+RPN's NMS overlaps without "+1", and its bilinear resize is not OpenCV's (same sampling grid,
+float arithmetic).
 """
 
 from __future__ import annotations

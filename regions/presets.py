@@ -141,6 +141,7 @@ class BoxHeadSpec:
     positive_fraction: float = 0.25
 
 
+TORCHVISION_BOTTLENECK_CHANNELS = (256, 512, 1024, 2048)  # res2..res5 outputs of torchvision's ResNet
 GEOMETRY_DIM = 6  # size of the geometry vector BoxHeadSpec.geometry_features appends
 
 
@@ -230,20 +231,11 @@ class DetectorPreset:
         n_levels = len(self.rpn.anchor_strides)
         if len(self.rpn.anchor_sizes) != n_levels or n_levels != 5:
             raise ValueError(f"preset {self.name!r}: need one anchor size per level P2..P6")
-        if self.backbone.block is BlockKind.BOTTLENECK and self.backbone.stage_channels != (
-            256,
-            512,
-            1024,
-            2048,
-        ):
+        bottleneck = self.backbone.block is BlockKind.BOTTLENECK
+        if bottleneck and self.backbone.stage_channels != TORCHVISION_BOTTLENECK_CHANNELS:
             raise ValueError("Bottleneck bodies use torchvision's ResNet class: stage channels 256..2048")
         if self.preprocessing.size_divisibility % self.rpn.anchor_strides[3] != 0:
             raise ValueError("size_divisibility must be a multiple of the P5 stride")
-
-    def class_name(self, foreground_index: int) -> str:
-        if 0 <= foreground_index < len(self.class_names):
-            return self.class_names[foreground_index]
-        return f"class_{foreground_index}"
 
     def for_dataset(
         self,
@@ -397,8 +389,8 @@ SYNTHETIC = DetectorPreset(
         channel_order=ChannelOrder.RGB,
         pixel_mean=(123.675, 116.28, 103.53),
         pixel_std=(58.395, 57.12, 57.375),
-        # Native resolution: the scenes are 160-320 px and "size" attributes are about pixels, so
-        # rescaling every image to one shorter side would blur the very thing the head predicts.
+        # Native resolution: the scenes are 160-320 px, so upscaling buys no detail and costs CPU
+        # time; relative size reaches the features through BoxHeadSpec.geometry_features.
         min_size=None,
         max_size=640,
         size_divisibility=32,
@@ -409,7 +401,7 @@ SYNTHETIC = DetectorPreset(
         stage_channels=(32, 64, 128, 256),
         stem_channels=32,
         stem_kernel=3,
-        fpn_channels=32,  # the RPN head and FPN output convs on P2 dominate the cost at 64
+        fpn_channels=64,
         norm=NormKind.BN,
     ),
     rpn=RPNSpec(

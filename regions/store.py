@@ -141,7 +141,18 @@ def _open_env(path: Path, *, readonly: bool, map_size: int = DEFAULT_MAP_SIZE) -
 _READ_ENVS: dict[tuple[str, int], list[Any]] = {}
 
 
+def _drop_inherited_readers() -> None:
+    """After a fork, close the handles inherited from the parent (py-lmdb would refuse to reopen
+    their paths, and LMDB handles must not be used across a fork).  Readers are opened without the
+    lock file, so closing the child's copy leaves the parent's handle untouched."""
+    pid = os.getpid()
+    for key in [k for k in _READ_ENVS if k[1] != pid]:
+        env, _ = _READ_ENVS.pop(key)
+        env.close()
+
+
 def _acquire_reader(path: Path) -> lmdb.Environment:
+    _drop_inherited_readers()
     key = (str(path.resolve()), os.getpid())
     entry = _READ_ENVS.get(key)
     if entry is None:

@@ -48,6 +48,8 @@ class TaskStream:
 
     def next_batch(self) -> Batch:
         order = self._order()
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
         idx = order[self.position * self.batch_size : (self.position + 1) * self.batch_size]
         self.position += 1
         if self.position >= self.batches_per_epoch:

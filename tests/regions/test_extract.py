@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import lmdb
@@ -12,8 +13,15 @@ import pytest
 import torch
 
 from regions.detector import RegionExtractor, build_detector, save_detector
-from regions.extract import extract_directory, image_id_for, main, read_boxes, read_id_map
-from regions.store import FeatureStore
+from regions.extract import (
+    extract_directory,
+    extract_feature_jobs,
+    image_id_for,
+    main,
+    read_boxes,
+    read_id_map,
+)
+from regions.store import FeatureStore, FeatureStoreWriter, RegionRecord
 from tests.regions.conftest import tiny_synthetic_preset
 
 
@@ -132,3 +140,57 @@ def test_cli_with_trained_weights(
     assert "extracted 4 images" in capsys.readouterr().out
     with FeatureStore(out) as store:
         assert sorted(store.keys(), key=int) == ["0", "1", "2", "3"]
+
+
+def write_jobs(world: Path) -> list[dict]:
+    """A feature_jobs.json as `python -m training.synthetic` writes it: two detection LMDBs sharing
+    images, and a GT-box LMDB."""
+    coco = json.loads((world / "detector" / "instances_val.json").read_text())
+    boxes = read_boxes(world / "detector" / "instances_val.json")
+    items = [
+        {"key": str(im["id"]), "image": im["file_name"], "gt_boxes": None, "gt_ids": None}
+        for im in coco["images"]
+    ]
+    gt_items = [
+        {**it, "gt_boxes": boxes[it["key"]].tolist(), "gt_ids": None} for it in items if it["key"] in boxes
+    ]
+    jobs = [
+        {"lmdb": "coco/features.lmdb", "kind": "detections", "items": items},
+        {"lmdb": "refcoco/refcoco.lmdb", "kind": "detections", "items": items[:2]},
+        {"lmdb": "refcoco/refcoco_gt.lmdb", "kind": "gt_boxes", "items": gt_items},
+    ]
+    (world / "synthetic").mkdir(exist_ok=True)
+    (world / "synthetic" / "feature_jobs.json").write_text(json.dumps(jobs))
+    return jobs
+
+
+def test_world_feature_jobs(mini_world: Path, tmp_path: Path, extractor: RegionExtractor) -> None:
+    world = tmp_path / "world"
+    shutil.copytree(mini_world, world)
+    jobs = write_jobs(world)
+    # A placeholder record from an earlier fill must not survive a real extraction.
+    with FeatureStoreWriter(world / "datasets" / "coco" / "features.lmdb") as w:
+        w.put(RegionRecord("1", 10, 10, np.zeros((1, 4)), np.zeros((1, 32)), 1, {"source": "placeholder"}))
+
+    stats = extract_feature_jobs(extractor, world, detector_id="a", progress=False)
+    assert stats.fresh and not stats.failed
+    assert stats.images_run == 4 + len(jobs[2]["items"])  # shared images run through the detector once
+    assert stats.records == {
+        "coco/features.lmdb": 4,
+        "refcoco/refcoco.lmdb": 2,
+        "refcoco/refcoco_gt.lmdb": len(jobs[2]["items"]),
+    }
+    with (
+        FeatureStore(world / "datasets" / "coco" / "features.lmdb") as a,
+        FeatureStore(world / "datasets" / "refcoco" / "refcoco.lmdb") as b,
+    ):
+        assert "source" not in a.get("1").extra
+        np.testing.assert_array_equal(a.get("1").features, b.get("1").features)
+    with FeatureStore(world / "datasets" / "refcoco" / "refcoco_gt.lmdb") as gt:
+        item = jobs[2]["items"][0]
+        np.testing.assert_allclose(gt.get(item["key"]).boxes, item["gt_boxes"], atol=1e-3)
+
+    again = extract_feature_jobs(extractor, world, detector_id="a", progress=False)
+    assert not again.fresh and again.images_run == 0  # resumed: nothing left to do
+    other = extract_feature_jobs(extractor, world, detector_id="b", progress=False)
+    assert other.fresh and other.images_run == stats.images_run  # another detector: all afresh

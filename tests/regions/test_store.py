@@ -98,3 +98,20 @@ def test_reads_legacy_base64_layout(tmp_path):
 def test_num_boxes_mismatch_is_an_error():
     with pytest.raises(ValueError, match="num_boxes"):
         RegionRecord("1", 10, 10, np.zeros((2, 4)), np.zeros((2, 3)), 3)
+
+
+def _read_in_child(store: FeatureStore) -> int:
+    return store.get("9").num_boxes
+
+
+def test_store_opened_in_parent_reads_in_forked_worker(tmp_path):
+    import multiprocessing
+
+    with FeatureStoreWriter(tmp_path / "f.lmdb") as w:
+        w.put(_record("9", 5))
+    store = FeatureStore(tmp_path / "f.lmdb")
+    assert store.get("9").num_boxes == 5  # the parent holds an open handle (DataLoader workers fork it)
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        assert pool.apply(_read_in_child, (store,)) == 5
+    assert store.get("9").num_boxes == 5
+    store.close()

@@ -42,36 +42,39 @@ def test_soft_scores_equal_the_leave_one_out_vqa_metric():
 
 
 def test_vqa_targets_from_official_annotations(tmp_path):
-    answers = ["Two", "2", "two ", "3", "3", "yes", "blue", "blue", "blue", "blue"]
-    anns = [
-        {
-            "question_id": 7,
+    def ann(qid: int, mc: str, answers: list[str]) -> dict:
+        return {
+            "question_id": qid,
             "image_id": 9,
-            "multiple_choice_answer": "blue",
+            "multiple_choice_answer": mc,
             "answer_type": "other",
             "answers": [
                 {"answer": a, "answer_confidence": "yes", "answer_id": i} for i, a in enumerate(answers)
             ],
-        },
-        {
-            "question_id": 8,
-            "image_id": 9,
-            "multiple_choice_answer": "2",
-            "answer_type": "number",
-            "answers": [{"answer": "2", "answer_confidence": "yes", "answer_id": i} for i in range(10)],
-        },
+        }
+
+    mixed = ["Two", "2", "two ", "blue", "blue", "blue", "blue", "3", "3", "yes"]
+    anns = [
+        ann(7, "blue", mixed),
+        ann(8, "2", ["2"] * 10),
+        ann(9, "3", ["3"] * 10),
+        ann(10, "yes", ["yes"] * 10),
+        ann(11, "red", ["red"] * 10),
     ]
     for split in ("train", "val"):
         (tmp_path / f"v2_mscoco_{split}2014_annotations.json").write_text(json.dumps({"annotations": anns}))
-    # min_count 2: "blue" and "2" are each the majority answer of 2 questions (train + val).
-    assert build_vqa_cache(tmp_path, min_count=2) == 2
+    # min_count 2 keeps answers that are the majority answer of >= 2 questions over train + val.
+    assert build_vqa_cache(tmp_path, min_count=2) == 5
+    assert build_vqa_cache(tmp_path, min_count=3) == 0
+    build_vqa_cache(tmp_path, min_count=2)
     with (tmp_path / "cache/trainval_ans2label.pkl").open("rb") as f:
-        ans2label = pickle.load(f)
+        a2l = pickle.load(f)
     with (tmp_path / "cache/train_target.pkl").open("rb") as f:
         target = pickle.load(f)[0]
     got = dict(zip(target["labels"], target["scores"], strict=True))
-    # "Two", "2", "two " count as one answer (3 -> 0.9); "blue" x4 -> 1.0; "3" is out of vocabulary.
-    assert got == {ans2label["blue"]: 1.0, ans2label["2"]: 0.9}
+    # "Two", "2" and "two " count as one answer; 4 / 3 / 2 / 1 / 0 annotators -> 1.0 / 0.9 / 0.6 / 0.3 / 0.
+    assert got == {a2l["blue"]: 1.0, a2l["2"]: 0.9, a2l["3"]: 0.6, a2l["yes"]: 0.3}
+    assert a2l["red"] not in got
 
 
 def test_recall_at_k():

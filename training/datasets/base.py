@@ -134,7 +134,7 @@ class TaskDataset(Dataset[Example], Generic[E]):
         """A region source, opened on first use (so entries can be counted without features)."""
         src = self._sources.get(relative)
         if src is None:
-            src = self._sources[relative] = RegionSource(self.path(relative), self.config.region_cache_size)
+            src = self._sources[relative] = RegionSource(self.path(relative), self.config.region_cache_mb)
         return src
 
     @property

@@ -31,7 +31,9 @@ class LoaderConfig:
     retrieval_options: int = 4  # multiple-choice width of retrieval training
     hard_negative_pool: int = 100  # neighbours per image in the hard-negative pool (self included)
     clean: bool = True  # drop training images listed in *_test_ids.npy (paper Sec. 2.2)
-    region_cache_size: int = 4096  # processed images kept per feature store (reference: in_memory)
+    region_cache_mb: float = (
+        256  # processed regions kept per feature store and process (reference: in_memory)
+    )
     seed: int = 0
 
     @classmethod

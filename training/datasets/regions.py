@@ -57,11 +57,16 @@ def process_record(record: RegionRecord, with_global: bool = True) -> ImageRegio
 
 
 class RegionSource:
-    """A feature store plus a per-process cache of processed images (the reference's `in_memory`)."""
+    """A feature store plus a per-process cache of processed images (the reference's `in_memory`).
 
-    def __init__(self, path: str | Path, cache_size: int = 4096) -> None:
+    The cache is bounded in bytes, not images: one reference image (101 x 2048 floats) is ~0.8 MB,
+    and every DataLoader worker holds its own cache.
+    """
+
+    def __init__(self, path: str | Path, cache_mb: float = 256) -> None:
         self.store = FeatureStore(path)
-        self.cache_size = cache_size
+        self.cache_bytes = int(cache_mb * 2**20)
+        self._cached = 0
         self._cache: OrderedDict[tuple[str, bool], ImageRegions] = OrderedDict()
 
     @property
@@ -78,10 +83,13 @@ class RegionSource:
             self._cache.move_to_end(key)
             return hit
         regions = process_record(self.store.get(key[0]), with_global=with_global)
-        if self.cache_size > 0:
+        size = regions.features.nbytes + regions.locations.nbytes + regions.boxes.nbytes
+        if size <= self.cache_bytes:
             self._cache[key] = regions
-            if len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)
+            self._cached += size
+            while self._cached > self.cache_bytes:
+                _, old = self._cache.popitem(last=False)
+                self._cached -= old.features.nbytes + old.locations.nbytes + old.boxes.nbytes
         return regions
 
     def mean_feature(self, image_id: str | int) -> np.ndarray:
@@ -135,6 +143,11 @@ def merged_rows(
     that many rows, so GT candidates start at that row as the reference's hard-coded 101 assumes.
     Returns the rows and the index of the first GT row.
     """
+    if detections.features.shape[1] != gt.features.shape[1]:
+        raise ValueError(
+            f"detection features are {detections.features.shape[1]}-d but GT-box features are "
+            f"{gt.features.shape[1]}-d; both LMDBs must come from the same extractor"
+        )
     det_f, det_l, det_b = detections.features, detections.locations, detections.boxes
     det_m = np.ones(len(det_f), np.int64)
     if detection_rows is not None:

@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from training.datasets.base import TaskDataset, load_test_ids, pairs_text, read_jsonl, read_pickle
 from training.datasets.config import LoaderConfig
@@ -94,7 +92,7 @@ class RetrievalDataset(_RetrievalBase):
         if len(self.images) < 2:
             raise ValueError(f"{self.task.slug}/{self.split}: retrieval needs at least 2 images")
         self._pool: np.ndarray | None = None  # loaded on first use: counting entries needs no features
-        self._rng_state: tuple[int, np.random.Generator] | None = None
+        self.epoch = 0
 
     @property
     def pool(self) -> np.ndarray | None:
@@ -129,11 +127,13 @@ class RetrievalDataset(_RetrievalBase):
         if self.split != "train":
             # Validation negatives are fixed per item so validation accuracy (the DSG signal) is stable.
             return np.random.default_rng([self.config.seed, index])
-        # Training: one stream per process, seeded from torch so each DataLoader worker and epoch differs.
-        key = os.getpid()
-        if self._rng_state is None or self._rng_state[0] != key:
-            self._rng_state = (key, np.random.default_rng([self.config.seed, torch.initial_seed() % 2**63]))
-        return self._rng_state[1]
+        # Training: fresh negatives every epoch, but a pure function of (seed, epoch, item), so a
+        # resumed run draws exactly the negatives the uninterrupted run drew (no hidden RNG state).
+        return np.random.default_rng([self.config.seed, self.epoch, index])
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by the training stream at each task epoch (new negatives per epoch)."""
+        self.epoch = epoch
 
     def _other_image(self, rng: np.random.Generator, image_index: int) -> int:
         other = int(rng.integers(len(self.images) - 1))
@@ -280,7 +280,7 @@ def write_pools(
         assert layout.source == Source.RETRIEVAL
         lines = read_retrieval_file(layout.dir(root) / TRAIN_FILE, layout)
         images = [i for i, _ in lines]
-        source = RegionSource(root / layout.features, cache_size=0)
+        source = RegionSource(root / layout.features, cache_mb=0)
         pool = build_hard_negative_pool(source, images, k)
         with (layout.dir(root) / "hard_negative.pkl").open("wb") as f:
             pickle.dump(pool, f, protocol=4)

@@ -8,6 +8,7 @@ label.  The summary table reports how far a question-only prior still gets.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -133,11 +134,12 @@ def _attribute_question(scene: Scene, rng: np.random.Generator) -> QA | None:
 
 
 def _compare_question(scene: Scene, rng: np.random.Generator) -> QA | None:
-    present = sorted({o.shape for o in scene.objects})
-    if len(present) < 2:
+    counts = Counter(o.shape for o in scene.objects)
+    pairs = [(a, b) for a in counts for b in counts if counts[a] != counts[b]]
+    if not pairs:
         return None
-    a, b = rng.choice(present, size=2, replace=False).tolist()
-    ans = "yes" if scene.count(shape=a) > scene.count(shape=b) else "no"
+    a, b = pick(rng, pairs)  # ordered pairs of unequal counts: "yes" and "no" equally likely
+    ans = "yes" if counts[a] > counts[b] else "no"
     return QA(f"are there more {plural(a)} than {plural(b)}?", ans, "are there more", "yes/no")
 
 
@@ -487,11 +489,18 @@ def nlvr2_statement(rng: np.random.Generator, shapes: Sequence[str], colours: Se
 # -- SNLI-VE -------------------------------------------------------------------------------------------
 
 
+def _overlaps(a: SceneObject, b: SceneObject) -> bool:
+    return min(a.box[2], b.box[2]) > max(a.box[0], b.box[0]) and min(a.box[3], b.box[3]) > max(
+        a.box[1], b.box[1]
+    )
+
+
 def snli_ve_hypotheses(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """One hypothesis per label.  Templates are shared between labels so wording alone does not
-    decide: "there is / there are no / shows n" can be entailed or contradicted, and statements
-    about an object's history ("hidden behind the Y", "drawn before") are neutral when Y is in the
-    picture and contradicted when it is not."""
+    """One hypothesis per label, from templates that take more than one label so wording alone
+    does not decide.  "X is hidden behind the Y" is entailed when the picture shows Y
+    covering part of X, neutral when Y covers nothing visible (something may be fully hidden), and
+    contradicted when there is no Y; "there is / there are no / shows n" are entailed or contradicted.
+    """
     obj = pick(rng, scene.objects)
     present = obj.phrase("colour", "shape")
     while True:
@@ -500,30 +509,48 @@ def snli_ve_hypotheses(scene: Scene, rng: np.random.Generator) -> list[tuple[str
             break
     absent = f"{absent_c} {absent_s}"
     missing_shapes = [s for s in SHAPES if scene.count(shape=s) == 0]
-    other = _article(f"{pick(rng, list(COLOURS))} {pick(rng, SHAPES)}").capitalize()
     n = len(scene.objects)
+
+    def behind(x: str, y: str) -> str:
+        return f"{_article(x).capitalize()} is hidden behind the {y}."
+
+    def any_object() -> str:
+        return f"{pick(rng, list(COLOURS))} {pick(rng, SHAPES)}"
 
     def shows(k: int) -> str:
         return f"The picture shows {NUMBER_WORDS[min(k, 10)]} shapes."
 
-    def unseen(y: str) -> list[str]:
-        return [
-            f"{other} is hidden behind the {y}.",
-            f"The {y} was drawn before the other shapes.",
-            f"The {y} is made of paper.",
-        ]
+    # Objects drawn later cover earlier ones; a visible overlap makes "behind" verifiable.
+    order = {id(o): k for k, o in enumerate(scene.objects)}
+    covered = [
+        (a, b)
+        for a in scene.objects
+        for b in scene.objects
+        if order[id(a)] < order[id(b)] and _overlaps(a, b)
+    ]
+    free = [
+        o for o in scene.objects if not any(_overlaps(o, other) for other in scene.objects if other is not o)
+    ]
 
-    entail = [f"There is {_article(present)}.", shows(n)]
+    factual_entail = [f"There is {_article(present)}.", shows(n)]
     if missing_shapes:
-        entail.append(f"There are no {plural(pick(rng, missing_shapes))}.")
-    factual_contra = [
-        f"There is {_article(absent)}.",
-        shows(n + int(rng.integers(1, 3))),
-        f"There are no {plural(obj.shape)}.",
-    ]
-    contra = pick(rng, factual_contra) if rng.random() < 0.6 else pick(rng, unseen(absent))
-    return [
-        (pick(rng, entail), "entailment"),
-        (contra, "contradiction"),
-        (pick(rng, unseen(present)), "neutral"),
-    ]
+        factual_entail.append(f"There are no {plural(pick(rng, missing_shapes))}.")
+    if covered and rng.random() < 0.5:
+        a, b = pick(rng, covered)
+        entail = behind(a.phrase("colour", "shape"), b.phrase("colour", "shape"))
+    else:
+        entail = pick(rng, factual_entail)
+    if rng.random() < 0.5:
+        contra = pick(
+            rng,
+            [
+                f"There is {_article(absent)}.",
+                shows(n + int(rng.integers(1, 3))),
+                f"There are no {plural(obj.shape)}.",
+            ],
+        )
+    else:
+        contra = behind(any_object(), absent)
+    host = pick(rng, free).phrase("colour", "shape") if free else None
+    neutral = behind(any_object(), host) if host else f"The {present} was drawn before the other shapes."
+    return [(entail, "entailment"), (contra, "contradiction"), (neutral, "neutral")]

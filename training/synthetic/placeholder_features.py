@@ -15,7 +15,7 @@ import argparse
 import json
 import shutil
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -91,40 +91,41 @@ def placeholder_record(
     )
 
 
-def write_placeholder_features(
-    data: str | Path, dim: int = 64, seed: int = 0, progress: bool = True, build_pools: bool = True
-) -> dict[str, int]:
-    """Write every LMDB of the world's feature jobs; returns records per LMDB (relative path)."""
-    if dim < ATTRIBUTE_DIMS:
-        raise ValueError(f"placeholder features need at least {ATTRIBUTE_DIMS} dimensions, got {dim}")
-    root = Path(data)
-    meta = root / "synthetic"
-    if not (meta / "feature_jobs.json").is_file():
+def load_feature_jobs(data: str | Path) -> list[dict]:
+    """The world's `synthetic/feature_jobs.json` (see README.md): LMDBs, kinds, keys, images, GT boxes."""
+    path = Path(data) / "synthetic" / "feature_jobs.json"
+    if not path.is_file():
         raise FileNotFoundError(
-            f"{meta / 'feature_jobs.json'} not found; generate the world first "
-            "(python -m training.synthetic --out D)"
+            f"{path} not found; generate the world first (python -m training.synthetic --out D)"
         )
-    scenes = {s["file"]: s for s in json.loads((meta / "scenes.json").read_text())}
-    jobs = json.loads((meta / "feature_jobs.json").read_text())
+    return json.loads(path.read_text())
+
+
+def fill_feature_jobs(
+    data: str | Path,
+    record_for: Callable[[str, dict], RegionRecord],
+    feature_dim: int | None = None,
+    progress: bool = True,
+    build_pools: bool = True,
+    desc: str = "region features",
+) -> dict[str, int]:
+    """Write every LMDB of the feature jobs with `record_for(kind, item)`, then rebuild the pools.
+
+    `kind` is "detections" (run the detector on `item["image"]`, relative to `data`) or "gt_boxes"
+    (features at `item["gt_boxes"]`, in that order); the record must be keyed `item["key"]`.  Any
+    extractor can fill the world this way; the placeholder writer below is one.
+    """
+    root = Path(data)
+    jobs = load_feature_jobs(root)
     counts = {}
-    total = sum(len(j["items"]) for j in jobs)
-    with tqdm(total=total, desc="placeholder features", unit="img", disable=not progress) as bar:
+    with tqdm(total=sum(len(j["items"]) for j in jobs), desc=desc, unit="img", disable=not progress) as bar:
         for job in jobs:
             path = root / "datasets" / job["lmdb"]
             if path.exists():
-                shutil.rmtree(path)
-            with FeatureStoreWriter(path, feature_dim=dim) as writer:
+                shutil.rmtree(path)  # records of an older world must not survive under new keys
+            with FeatureStoreWriter(path, feature_dim=feature_dim) as writer:
                 for item in job["items"]:
-                    writer.put(
-                        placeholder_record(
-                            item["key"],
-                            scenes[item["image"]],
-                            dim,
-                            seed,
-                            item.get("gt_boxes"),
-                            item.get("gt_ids"),
-                        )
-                    )
+                    writer.put(record_for(job["kind"], item))
                     bar.update(1)
             counts[job["lmdb"]] = len(job["items"])
     if build_pools:
@@ -132,6 +133,22 @@ def write_placeholder_features(
 
         write_pools(root)
     return counts
+
+
+def write_placeholder_features(
+    data: str | Path, dim: int = 64, seed: int = 0, progress: bool = True, build_pools: bool = True
+) -> dict[str, int]:
+    """Fill every LMDB of the world's feature jobs with placeholder records; returns records per LMDB."""
+    if dim < ATTRIBUTE_DIMS:
+        raise ValueError(f"placeholder features need at least {ATTRIBUTE_DIMS} dimensions, got {dim}")
+    root = Path(data)
+    scenes = {s["file"]: s for s in json.loads((root / "synthetic" / "scenes.json").read_text())}
+
+    def record_for(kind: str, item: dict) -> RegionRecord:
+        gt = item.get("gt_boxes") if kind == "gt_boxes" else None
+        return placeholder_record(item["key"], scenes[item["image"]], dim, seed, gt, item.get("gt_ids"))
+
+    return fill_feature_jobs(root, record_for, dim, progress, build_pools, desc="placeholder features")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
