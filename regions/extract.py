@@ -49,8 +49,8 @@ import torch
 from tqdm import tqdm
 
 from regions.decode import ImageDecodeError, decode_file
-from regions.detector import ImageRegions, RegionExtractor, build_detector, load_detector, preset_path_for
-from regions.presets import DetectorPreset, get_preset, load_preset_json
+from regions.detector import ImageRegions, RegionExtractor, build_detector, load_detector
+from regions.presets import get_preset
 from regions.store import FeatureStoreWriter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
@@ -125,10 +125,8 @@ def read_boxes(path: Path, box_format: str = "xyxy") -> dict[str, np.ndarray]:
 def resolve_detector(preset: str | None, weights: Path | None) -> tuple[RegionExtractor, bool]:
     """(extractor, random_weights) for the CLI's --preset / --weights."""
     if weights is not None:
-        chosen: DetectorPreset | str | None = preset
-        if preset is None and weights.suffix == ".safetensors" and preset_path_for(weights).exists():
-            chosen = load_preset_json(preset_path_for(weights))
-        return RegionExtractor(load_detector(weights, chosen)), False
+        # safetensors weights carry their preset JSON; a .pth defaults to vg-x152-fpn.
+        return RegionExtractor(load_detector(weights, preset)), False
     if preset is None:
         raise ValueError("pass --preset (and --weights for a trained or imported detector)")
     return RegionExtractor(build_detector(get_preset(preset))), True

@@ -147,8 +147,8 @@ class TrainResult:
     iterations: int
     epochs_completed: float
     train_seconds: float
-    first_epoch_loss: float
-    last_epoch_loss: float
+    initial_loss: float  # mean total loss over the first tenth of the iterations
+    final_loss: float  # mean total loss over the last tenth
     val: DetectorMetrics
 
 
@@ -293,7 +293,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         group["lr"] = lr_at(0, 0.0)
     detector.train()
     t_start = time.perf_counter()
-    epoch_losses: list[float] = []
+    step_losses: list[float] = []
     it = 0
     stop = False
     bar = tqdm(
@@ -302,7 +302,6 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     for _epoch in range(config.epochs):
         order = list(range(len(train_examples)))
         rng.shuffle(order)
-        running, count = 0.0, 0
         for b in range(0, len(order), config.batch_size):
             idx = order[b : b + config.batch_size]
             batch = [train_examples[i] for i in idx]
@@ -323,14 +322,15 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
             it += 1
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(it, time.perf_counter() - t_start)
-            running += loss.item()
-            count += 1
+            step_losses.append(loss.item())
+            elapsed = time.perf_counter() - t_start
+            if budget_s is not None:  # show the iterations the time budget will allow, not the epochs'
+                bar.total = min(total_iters, max(it, round(it * budget_s / max(elapsed, 1e-6))))
             bar.update(1)
-            bar.set_postfix(loss=f"{running / count:.3f}")
-            if budget_s is not None and time.perf_counter() - t_start > budget_s:
+            bar.set_postfix(loss=f"{np.mean(step_losses[-50:]):.3f}")
+            if budget_s is not None and elapsed > budget_s:
                 stop = True
                 break
-        epoch_losses.append(running / max(1, count))
         if stop:
             break
     bar.close()
@@ -342,14 +342,15 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
 
     out = Path(config.out)
     weights, preset_json = save_detector(detector, out / WEIGHTS_NAME)
+    tenth = max(1, len(step_losses) // 10)
     result = TrainResult(
         weights=str(weights),
         preset=str(preset_json),
         iterations=it,
         epochs_completed=it / iters_per_epoch,
         train_seconds=train_seconds,
-        first_epoch_loss=epoch_losses[0] if epoch_losses else float("nan"),
-        last_epoch_loss=epoch_losses[-1] if epoch_losses else float("nan"),
+        initial_loss=float(np.mean(step_losses[:tenth])) if step_losses else float("nan"),
+        final_loss=float(np.mean(step_losses[-tenth:])) if step_losses else float("nan"),
         val=metrics,
     )
     atomic_write(out / "metrics.json", json.dumps(asdict(result), indent=2).encode())
@@ -397,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     v = result.val
     print(
         f"trained {result.iterations} iterations ({result.epochs_completed:.1f} epochs) in "
-        f"{result.train_seconds:.0f} s; loss {result.first_epoch_loss:.3f} -> {result.last_epoch_loss:.3f}\n"
+        f"{result.train_seconds:.0f} s; loss {result.initial_loss:.3f} -> {result.final_loss:.3f}\n"
         f"val: {v.images} images, {v.gt_objects} objects, recall@IoU0.5 {v.recall_at_iou50:.3f} "
         f"within {v.boxes_per_image:.1f} boxes/image, class accuracy {v.class_accuracy:.3f}, "
         + ", ".join(f"{k} accuracy {a:.3f}" for k, a in v.attribute_accuracy.items())

@@ -32,7 +32,7 @@ def test_short_training_reduces_the_loss_and_saves(mini_world: Path, tmp_path: P
     )
     result = train(config, progress=False)
     assert result.iterations == 16
-    assert result.last_epoch_loss < 0.8 * result.first_epoch_loss
+    assert result.final_loss < 0.8 * result.initial_loss
     out = tmp_path / "det"
     for name in (WEIGHTS_NAME, "synthetic-detector.json", "metrics.json", "val_boxes.png"):
         assert (out / name).exists(), name

@@ -184,3 +184,48 @@ def test_evaluate_cli_writes_a_table_and_json(data_root, tmp_path):
     results = json.loads((tmp_path / "eval.json").read_text())
     assert set(results) == {"vqa", "retrieval_coco"}
     assert 0.0 <= results["vqa"]["score"] <= 100.0 and results["retrieval_coco"]["examples"] > 0
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_then_resume_loses_nothing(data_root, tmp_path):
+    """SIGKILL the real CLI at random moments (checkpoint writes included, every step saves);
+    every checkpoint left behind loads, and the resumed run ends with the uninterrupted run's losses."""
+    import random
+    import signal
+    import time
+
+    args = [f"data.root={data_root}", f"tasks={TASKS}", "schedule.epochs=6", "optim.default_batch_size=2",
+            "checkpoint.every_steps=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def cli(out, resume=False):
+        cmd = [sys.executable, "-m", "training.fit", "--config", "training/configs/tiny.yaml",
+               f"out={out}", *args] + (["--resume"] if resume else [])
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    full = cli(tmp_path / "full")
+    assert full.wait(timeout=300) == 0
+    rng = random.Random(0)
+    run, kills = tmp_path / "killed", 0
+    proc = cli(run)
+    while kills < 3:
+        deadline = time.time() + rng.uniform(4.0, 9.0)
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            break
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        ckpts = run / "checkpoints"
+        for step_dir in ckpts.glob("step-*"):
+            load_checkpoint(step_dir)  # nothing unloadable is ever left behind
+        proc = cli(run, resume=(ckpts / "latest").is_file())
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()[-2000:]
+    assert kills >= 1
+    assert not list((run / "checkpoints").glob(".*.tmp-*"))  # orphaned temp dirs cleaned up
+    done = json.loads((run / "history.json").read_text())["loss"]
+    want = json.loads((tmp_path / "full" / "history.json").read_text())["loss"]
+    assert done.keys() == want.keys()
+    for slug in want:
+        torch.testing.assert_close(torch.tensor(done[slug]), torch.tensor(want[slug]), rtol=1e-5, atol=1e-6)
