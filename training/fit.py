@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     parser.add_argument("--stop-after", type=int, help="stop after this global step (time-boxed runs)")
     parser.add_argument("overrides", nargs="*", help="dotted key=value overrides, e.g. schedule.epochs=2")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     try:
         cfg = FitConfig.load(args.config, args.overrides)
         trainer = Trainer(cfg, resume=args.resume)

@@ -1,0 +1,357 @@
+"""The export contract, generated from the task table: graph names, tensor names, dtypes, shapes, routes.
+
+Everything that names a tensor or a model in the exported repository comes from here: the ONNX
+export (`export.graphs`), the Triton configs (`export.triton_config`), the python-backend model, the
+parity gate, the repository's `tasks.json` and the clients that read it.  Nothing else spells
+``"input_ids"`` or ``"head_region"``.  Standard library + the task table and config only (no torch),
+so config generation and the SDK can use it without a model.
+
+Graphs (one Triton model each)::
+
+    trunk              input_ids, attention_mask, task_ids, region_features, region_locations,
+                       region_mask  ->  fused (B, H_bi), region_states (B, R, H_v)
+    head_<head>        one per `Head` of the task table; reads the trunk output it needs:
+                         answer / answer_gqa / match / triple:  fused (B, H_bi)        -> logits (B, C)
+                         region:  region_states (B, R, H_v), region_mask (B, R)        -> logits (B, R)
+                         pair:    fused_pairs (B, I, H_bi), I = images_per_example     -> logits (B, 2)
+    detector_backbone  images (N, 3, H, W) -> the FPN levels            (optional: needs detector weights)
+    detector_box_head  box_inputs (K, C*7*7[+6]) -> region features, fc7, class logits, box deltas
+
+Per-task routing (`Route`): the client runs `trunk` with the task's id in `task_ids`, then the
+task's head graph; for multi-image tasks it regroups the trunk's `fused` rows into `fused_pairs`.
+"""
+
+from __future__ import annotations
+
+import enum
+import statistics
+from dataclasses import dataclass, field
+
+from vilbert.config import ViLBERTConfig
+from vilbert.tasks import TASKS, Head, Task, tasks_with_head
+
+SPEC_VERSION = 1
+
+TRUNK = "trunk"
+HEAD_PREFIX = "head_"
+DETECTOR_BACKBONE = "detector_backbone"
+DETECTOR_BOX_HEAD = "detector_box_head"
+
+# Symbolic axes of the graphs (ONNX dim_param names; -1 in Triton configs).
+BATCH = "batch"  # trunk rows: (text, image) pairs
+TEXT = "text"  # text tokens incl. [CLS]/[SEP], before the model adds the task token
+REGIONS = "regions"  # regions per image, global region included
+BOXES = "boxes"  # detector boxes (proposals) of one call
+HEIGHT, WIDTH = "height", "width"  # padded detector input
+
+# torch.export specialises a text length of 2 (an empty question: [CLS] [SEP]) away from the general
+# graph (`T - 1 != 1` guard of the task-token splice), so the graph is declared for T >= 3: a client
+# pads an empty text with one masked token.
+MIN_TEXT_TOKENS = 3
+LOCATION_DIM = 5  # x1/W, y1/H, x2/W, y2/H, area fraction (regions/inputs.py)
+
+
+class DType(enum.StrEnum):
+    """Tensor element types, with their spelling in each consumer."""
+
+    FP32 = "fp32"
+    INT64 = "int64"
+
+    @property
+    def triton(self) -> str:
+        return {DType.FP32: "TYPE_FP32", DType.INT64: "TYPE_INT64"}[self]
+
+    @property
+    def numpy(self) -> str:
+        return {DType.FP32: "float32", DType.INT64: "int64"}[self]
+
+    @property
+    def wire(self) -> str:
+        """The KServe v2 protocol datatype (tritonclient's InferInput)."""
+        return {DType.FP32: "FP32", DType.INT64: "INT64"}[self]
+
+
+Dim = int | str  # a fixed size, or the name of a symbolic axis
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One named graph input or output; `shape` includes the leading batch/box axis."""
+
+    name: str
+    dtype: DType
+    shape: tuple[Dim, ...]
+
+    @property
+    def dynamic_axes(self) -> dict[int, str]:
+        return {i: d for i, d in enumerate(self.shape) if isinstance(d, str)}
+
+    def triton_dims(self, batched: bool) -> list[int]:
+        """Triton `dims`: the batch axis is implicit when the model batches; symbolic axes are -1."""
+        dims = self.shape[1:] if batched else self.shape
+        return [-1 if isinstance(d, str) else int(d) for d in dims]
+
+
+class GraphKind(enum.StrEnum):
+    TRUNK = "trunk"
+    HEAD = "head"
+    DETECTOR = "detector"
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One exported graph = one Triton model."""
+
+    name: str
+    kind: GraphKind
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    # Leading axis is a batch Triton may split and merge (max_batch_size > 0).  Detector graphs take
+    # one padded image batch or one box list per call, so they are declared unbatched.
+    batched: bool
+    dynamic_batching: bool = False  # the trunk only: heads are too cheap to be worth a queue delay
+    head: Head | None = None
+    description: str = ""
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(t for t in self.outputs if t.name == name)
+
+
+@dataclass(frozen=True)
+class DetectorDims:
+    """What the detector graphs' shapes depend on (from a `regions.presets.DetectorPreset`)."""
+
+    preset: str
+    fpn_channels: int
+    fpn_levels: tuple[str, ...]  # output names of the pyramid, finest first
+    fc6_in_features: int  # pooled C x res x res (+ box geometry)
+    feature_dim: int  # fc6/fc7 width = the region-feature size
+    num_classes: int  # background included
+    size_divisibility: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Graphs
+# ---------------------------------------------------------------------------------------------
+
+# Trunk inputs in `ViLBERTTrunk.forward` order (token_type_ids is left at its default of zeros:
+# no 12-in-1 task feeds a second segment).
+TRUNK_INPUTS = (
+    "input_ids",
+    "attention_mask",
+    "task_ids",
+    "region_features",
+    "region_locations",
+    "region_mask",
+)
+FUSED = "fused"
+REGION_STATES = "region_states"
+FUSED_PAIRS = "fused_pairs"
+LOGITS = "logits"
+
+
+def trunk_graph(cfg: ViLBERTConfig) -> GraphSpec:
+    text, regions = (BATCH, TEXT), (BATCH, REGIONS)
+    return GraphSpec(
+        name=TRUNK,
+        kind=GraphKind.TRUNK,
+        inputs=(
+            TensorSpec("input_ids", DType.INT64, text),
+            TensorSpec("attention_mask", DType.INT64, text),
+            TensorSpec("task_ids", DType.INT64, (BATCH,)),
+            TensorSpec("region_features", DType.FP32, (*regions, cfg.v_feature_size)),
+            TensorSpec("region_locations", DType.FP32, (*regions, LOCATION_DIM)),
+            TensorSpec("region_mask", DType.INT64, regions),
+        ),
+        outputs=(
+            TensorSpec(FUSED, DType.FP32, (BATCH, cfg.bi_hidden_size)),
+            TensorSpec(REGION_STATES, DType.FP32, (*regions, cfg.v_hidden_size)),
+        ),
+        batched=True,
+        dynamic_batching=True,
+        description="ViLBERT trunk shared by all twelve tasks (task token chosen by task_ids)",
+    )
+
+
+def head_classes(head: Head, cfg: ViLBERTConfig) -> int | str:
+    """Width of a head's logits: a class count, or the region axis for the region head."""
+    match head:
+        case Head.ANSWER:
+            return cfg.num_answers
+        case Head.ANSWER_GQA:
+            return cfg.num_answers_gqa
+        case Head.MATCH:
+            return 1  # kept as an axis so the batched Triton output has a non-empty shape
+        case Head.REGION:
+            return REGIONS
+        case Head.PAIR:
+            return 2
+        case Head.TRIPLE:
+            return 3
+    raise ValueError(f"no logits width for head {head}")
+
+
+def images_per_example(head: Head) -> int:
+    """Images one example of this head's tasks carries (the table must agree across its tasks)."""
+    counts = {t.images_per_example for t in tasks_with_head(head)}
+    if len(counts) != 1:
+        raise ValueError(f"tasks of head {head} disagree on images_per_example: {sorted(counts)}")
+    return counts.pop()
+
+
+def head_graph(head: Head, cfg: ViLBERTConfig) -> GraphSpec:
+    match head:
+        case Head.REGION:
+            inputs: tuple[TensorSpec, ...] = (
+                TensorSpec(REGION_STATES, DType.FP32, (BATCH, REGIONS, cfg.v_hidden_size)),
+                TensorSpec("region_mask", DType.INT64, (BATCH, REGIONS)),
+            )
+        case Head.PAIR:
+            inputs = (
+                TensorSpec(FUSED_PAIRS, DType.FP32, (BATCH, images_per_example(head), cfg.bi_hidden_size)),
+            )
+        case _:
+            inputs = (TensorSpec(FUSED, DType.FP32, (BATCH, cfg.bi_hidden_size)),)
+    tasks = ", ".join(t.slug for t in tasks_with_head(head))
+    return GraphSpec(
+        name=f"{HEAD_PREFIX}{head.value}",
+        kind=GraphKind.HEAD,
+        inputs=inputs,
+        outputs=(TensorSpec(LOGITS, DType.FP32, (BATCH, head_classes(head, cfg))),),
+        batched=True,
+        head=head,
+        description=f"{head.value} head ({tasks})",
+    )
+
+
+def used_heads() -> tuple[Head, ...]:
+    """Heads some task of the table uses, in `Head` declaration order."""
+    return tuple(h for h in Head if tasks_with_head(h))
+
+
+def detector_graphs(det: DetectorDims) -> tuple[GraphSpec, GraphSpec]:
+    backbone = GraphSpec(
+        name=DETECTOR_BACKBONE,
+        kind=GraphKind.DETECTOR,
+        inputs=(TensorSpec("images", DType.FP32, (BATCH, 3, HEIGHT, WIDTH)),),
+        outputs=tuple(
+            TensorSpec(f"fpn_{level}", DType.FP32, (BATCH, det.fpn_channels, f"{HEIGHT}_{level}", f"{WIDTH}_{level}"))
+            for level in det.fpn_levels
+        ),
+        batched=False,
+        description=f"{det.preset} detector: backbone + FPN (normalised, padded images -> pyramid)",
+    )
+    box_head = GraphSpec(
+        name=DETECTOR_BOX_HEAD,
+        kind=GraphKind.DETECTOR,
+        inputs=(TensorSpec("box_inputs", DType.FP32, (BOXES, det.fc6_in_features)),),
+        outputs=(
+            TensorSpec("region_features", DType.FP32, (BOXES, det.feature_dim)),
+            TensorSpec("fc7", DType.FP32, (BOXES, det.feature_dim)),
+            TensorSpec("class_logits", DType.FP32, (BOXES, det.num_classes)),
+            TensorSpec("box_regression", DType.FP32, (BOXES, 4 * det.num_classes)),
+        ),
+        batched=False,
+        description=f"{det.preset} detector: box head fc6 -> fc7 -> class/box predictor on RoI-pooled inputs",
+    )
+    return backbone, box_head
+
+
+# ---------------------------------------------------------------------------------------------
+# Routes and the whole spec
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Route:
+    """How a client runs one task: `trunk` with `task_id`, then `head_model` on the trunk outputs."""
+
+    task: str
+    task_id: int
+    head: Head
+    head_model: str
+    images_per_example: int  # > 1: trunk rows b*I .. b*I+I-1 are regrouped into fused_pairs[b]
+    max_text_tokens: int
+    max_regions: int
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "task": self.task,
+            "task_id": self.task_id,
+            "head": self.head.value,
+            "models": [TRUNK, self.head_model],
+            "images_per_example": self.images_per_example,
+            "max_text_tokens": self.max_text_tokens,
+            "max_regions": self.max_regions,
+        }
+
+
+def route(task: Task) -> Route:
+    return Route(
+        task=task.slug,
+        task_id=task.task_id,
+        head=task.head,
+        head_model=f"{HEAD_PREFIX}{task.head.value}",
+        images_per_example=task.images_per_example,
+        max_text_tokens=task.max_text_tokens,
+        max_regions=task.max_regions,
+    )
+
+
+@dataclass(frozen=True)
+class AxisRange:
+    """min / typical / max of a symbolic axis over the task table (TensorRT profiles, warm-up, docs)."""
+
+    min: int
+    opt: int
+    max: int
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """Every graph and route of one exported model."""
+
+    config: ViLBERTConfig
+    graphs: tuple[GraphSpec, ...]
+    routes: tuple[Route, ...]
+    axes: dict[str, AxisRange] = field(default_factory=dict)
+
+    def graph(self, name: str) -> GraphSpec:
+        for g in self.graphs:
+            if g.name == name:
+                return g
+        raise KeyError(f"no graph {name!r}; graphs: {', '.join(g.name for g in self.graphs)}")
+
+    def route_for(self, task: Task | str) -> Route:
+        slug = task if isinstance(task, str) else task.slug
+        return next(r for r in self.routes if r.task == slug)
+
+    @property
+    def trunk(self) -> GraphSpec:
+        return self.graph(TRUNK)
+
+    def head(self, head: Head) -> GraphSpec:
+        return self.graph(f"{HEAD_PREFIX}{head.value}")
+
+
+def axis_ranges(cfg: ViLBERTConfig) -> dict[str, AxisRange]:
+    """Text and region axes over the table: tasks range from 20 to 256 tokens and 101 to 306 regions."""
+    text = [t.max_text_tokens for t in TASKS]
+    regions = [t.max_regions for t in TASKS]
+    max_text = min(max(text), cfg.max_position_embeddings)
+    return {
+        BATCH: AxisRange(1, 1, max(t.batch_size for t in TASKS)),
+        TEXT: AxisRange(MIN_TEXT_TOKENS, int(statistics.median(text)), max_text),
+        REGIONS: AxisRange(1, int(statistics.median(regions)), max(regions)),
+    }
+
+
+def build_spec(cfg: ViLBERTConfig, detector: DetectorDims | None = None) -> ExportSpec:
+    """The export spec of a model config (and, optionally, of a detector)."""
+    graphs = [trunk_graph(cfg), *(head_graph(h, cfg) for h in used_heads())]
+    if detector is not None:
+        graphs += detector_graphs(detector)
+    return ExportSpec(cfg, tuple(graphs), tuple(route(t) for t in TASKS), axis_ranges(cfg))
