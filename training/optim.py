@@ -43,7 +43,7 @@ def build_optimizer(
         wd = 0.0 if _no_decay(name, param) else weight_decay
         groups.setdefault((group_lr, wd), []).append(param)
     param_groups = [{"params": p, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), p in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps)
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, foreach=True)
 
 
 def warmup_linear(

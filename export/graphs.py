@@ -1,0 +1,375 @@
+"""PyTorch modules whose forward is exactly one exported graph, and the ONNX steps applied to them.
+
+Each wrapper takes and returns tensors in the order of its `GraphSpec` (export/spec.py), so ONNX
+input/output names come from the spec.  Steps, in order:
+
+1. `export_onnx`: torch.onnx's dynamo exporter (torch.export) with the spec's symbolic axes;
+   the TorchScript exporter is not used: it mistranslates the text embeddings of this model.
+2. `optimize_onnx`: onnxruntime graph optimisation saved offline — `BASIC` (constant folding,
+   redundant nodes; provider-independent, safe for the GPU renderings) or `EXTENDED` (CPU fusions:
+   LayerNorm, GELU, attention; what the CPU python-backend serves).
+3. `quantize_int8`: onnxruntime dynamic quantization (int8 weights, activations quantized per call).
+4. `convert_fp16` (CUDA hosts only): fp16 weights and compute, fp32 inputs/outputs kept.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from export.spec import (
+    BATCH,
+    BOXES,
+    HEIGHT,
+    LOCATION_DIM,
+    MIN_TEXT_TOKENS,
+    REGIONS,
+    TEXT,
+    WIDTH,
+    DetectorDims,
+    DType,
+    GraphKind,
+    GraphSpec,
+)
+from vilbert.heads import MultiTaskViLBERT
+from vilbert.tasks import Head
+
+OPSET = 18
+# Above this many bytes a graph's weights go to an external-data file beside it (protobuf's 2 GiB
+# limit); the base trunk (~1.1 GB fp32) still fits in one file.
+EXTERNAL_DATA_BYTES = 1_800_000_000
+
+# ---------------------------------------------------------------------------------------------
+# Graph modules
+# ---------------------------------------------------------------------------------------------
+
+
+class TrunkGraph(nn.Module):
+    """trunk: the six trunk inputs -> (fused, region_states)."""
+
+    def __init__(self, model: MultiTaskViLBERT) -> None:
+        super().__init__()
+        self.trunk = model.trunk
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        task_ids: Tensor,
+        region_features: Tensor,
+        region_locations: Tensor,
+        region_mask: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        out = self.trunk(input_ids, attention_mask, task_ids, region_features, region_locations, region_mask)
+        return out.fused, out.region_states
+
+
+class FusedHeadGraph(nn.Module):
+    """answer / answer_gqa / match / triple: fused (B, H) -> logits (B, C); match keeps C = 1."""
+
+    def __init__(self, model: MultiTaskViLBERT, head: Head) -> None:
+        super().__init__()
+        self.heads = model.heads
+        self.head = head
+
+    def forward(self, fused: Tensor) -> Tensor:
+        logits = self.heads.fused_logits(self.head, fused)
+        return logits.unsqueeze(-1) if self.head is Head.MATCH else logits
+
+
+class RegionHeadGraph(nn.Module):
+    """region: region_states (B, R, H_v), region_mask (B, R) -> logits (B, R)."""
+
+    def __init__(self, model: MultiTaskViLBERT) -> None:
+        super().__init__()
+        self.heads = model.heads
+
+    def forward(self, region_states: Tensor, region_mask: Tensor) -> Tensor:
+        return self.heads.region_logits(region_states, region_mask)
+
+
+class PairHeadGraph(nn.Module):
+    """pair: fused_pairs (B, I, H) -> logits (B, 2)."""
+
+    def __init__(self, model: MultiTaskViLBERT) -> None:
+        super().__init__()
+        self.heads = model.heads
+
+    def forward(self, fused_pairs: Tensor) -> Tensor:
+        return self.heads.pair_logits(fused_pairs)
+
+
+class BackboneGraph(nn.Module):
+    """detector_backbone: normalised padded images (N, 3, H, W) -> FPN levels, finest first."""
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.backbone = detector.backbone
+
+    def forward(self, images: Tensor) -> tuple[Tensor, ...]:
+        return tuple(self.backbone(images).values())
+
+
+class BoxHeadGraph(nn.Module):
+    """detector_box_head: RoI-pooled box inputs (K, C*r*r [+6]) -> features, fc7, class logits, deltas.
+
+    The same arithmetic as `RegionDetector.box_head_outputs` after its pooling step (that method
+    pools and runs the MLP in one call, so the MLP is restated here; the parity gate checks the two
+    agree on pooled real boxes).
+    """
+
+    def __init__(self, detector: nn.Module) -> None:
+        super().__init__()
+        self.box_head = detector.roi_heads.box_head
+        self.predictor = detector.roi_heads.box_predictor
+        self.fc6_relu = bool(detector.preset.box_head.fc6_relu)
+
+    def forward(self, box_inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        fc6_pre = self.box_head.fc6(box_inputs)
+        fc6 = F.relu(fc6_pre)
+        fc7 = F.relu(self.box_head.fc7(fc6))
+        class_logits, box_regression = self.predictor(fc7)
+        return (fc6 if self.fc6_relu else fc6_pre), fc7, class_logits, box_regression
+
+
+def graph_module(graph: GraphSpec, model: MultiTaskViLBERT | None, detector: nn.Module | None) -> nn.Module:
+    """The eval-mode module computing `graph`."""
+    match graph.kind:
+        case GraphKind.TRUNK:
+            assert model is not None
+            module: nn.Module = TrunkGraph(model)
+        case GraphKind.HEAD:
+            assert model is not None and graph.head is not None
+            match graph.head:
+                case Head.REGION:
+                    module = RegionHeadGraph(model)
+                case Head.PAIR:
+                    module = PairHeadGraph(model)
+                case _:
+                    module = FusedHeadGraph(model, graph.head)
+        case GraphKind.DETECTOR:
+            assert detector is not None
+            module = BackboneGraph(detector) if graph.inputs[0].name == "images" else BoxHeadGraph(detector)
+    return module.eval()
+
+
+def detector_dims(detector: nn.Module) -> DetectorDims:
+    """The detector graph shapes of a `regions.detector.RegionDetector`."""
+    preset = detector.preset
+    levels = len(detector.backbone.fpn.layer_blocks) + 1  # + the max-pooled P6
+    return DetectorDims(
+        preset=preset.name,
+        fpn_channels=preset.backbone.fpn_channels,
+        fpn_levels=tuple(f"p{i + 2}" for i in range(levels)),
+        fc6_in_features=preset.fc6_in_features,
+        feature_dim=preset.feature_dim,
+        num_classes=preset.num_classes,
+        size_divisibility=preset.preprocessing.size_divisibility,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Generated inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def sample_inputs(
+    graph: GraphSpec, sizes: dict[str, int], rng: np.random.Generator, vocab_size: int = 1000
+) -> dict[str, np.ndarray]:
+    """Random inputs for `graph` at the given axis sizes, with realistic masks.
+
+    Token ids avoid 0 ([PAD]); the first row's text and regions are half padding so masking is
+    exercised; region row 0 keeps the global location [0, 0, 1, 1, 1].
+    """
+    out: dict[str, np.ndarray] = {}
+    for t in graph.inputs:
+        shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.shape)
+        if t.name == "input_ids":
+            out[t.name] = rng.integers(1, vocab_size, size=shape, dtype=np.int64)
+        elif t.name in ("attention_mask", "region_mask"):
+            mask = np.ones(shape, dtype=np.int64)
+            keep = max(1, shape[1] // 2) if t.name == "region_mask" else max(2, shape[1] // 2)
+            mask[0, keep:] = 0
+            out[t.name] = mask
+        elif t.name == "task_ids":
+            out[t.name] = np.ones(shape, dtype=np.int64)
+        elif t.name == "region_locations":
+            xy = np.sort(rng.uniform(0, 1, size=(*shape[:-1], 2, 2)), axis=-1)  # x1<x2, y1<y2
+            loc = np.stack([xy[..., 0, 0], xy[..., 1, 0], xy[..., 0, 1], xy[..., 1, 1]], axis=-1)
+            area = (loc[..., 2] - loc[..., 0]) * (loc[..., 3] - loc[..., 1])
+            loc = np.concatenate([loc, area[..., None]], axis=-1).astype(np.float32)
+            loc[:, 0] = np.array([0, 0, 1, 1, 1], dtype=np.float32)
+            out[t.name] = loc
+        elif t.dtype is DType.FP32:
+            out[t.name] = rng.standard_normal(size=shape).astype(np.float32)
+        else:
+            raise ValueError(f"no generator for input {t.name!r} of {graph.name}")
+    return out
+
+
+def trace_sizes(graph: GraphSpec) -> dict[str, int]:
+    """Axis sizes of the example the exporter traces with: distinct, and none of them 0 or 1, so
+    torch.export cannot specialise an axis to a constant or confuse two axes."""
+    del graph
+    return {BATCH: 2, TEXT: 7, REGIONS: 9, BOXES: 5, HEIGHT: 64, WIDTH: 96}
+
+
+# ---------------------------------------------------------------------------------------------
+# ONNX steps
+# ---------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """torch.onnx prints progress lines and warnings per graph; the export CLI reports its own."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _torch_dims(graph: GraphSpec, max_text: int) -> dict[str, object]:
+    bounds = {TEXT: (MIN_TEXT_TOKENS, max_text), HEIGHT: (32, 4096), WIDTH: (32, 4096)}
+    dims: dict[str, object] = {}
+    for t in graph.inputs:
+        for name in t.dynamic_axes.values():
+            if name not in dims:
+                lo, hi = bounds.get(name, (1, 1 << 16))
+                dims[name] = torch.export.Dim(name, min=lo, max=hi)
+    return dims
+
+
+def export_onnx(module: nn.Module, graph: GraphSpec, path: Path, max_text: int) -> Path:
+    """Export `module` as `graph` to `path` (symbolic axes as in the spec)."""
+    rng = np.random.default_rng(0)
+    sizes = trace_sizes(graph)
+    sample = sample_inputs(graph, sizes, rng)
+    args = tuple(torch.from_numpy(sample[t.name]) for t in graph.inputs)
+    dims = _torch_dims(graph, max_text)
+    dynamic_shapes = tuple({i: dims[name] for i, name in t.dynamic_axes.items()} for t in graph.inputs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet(), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=[t.name for t in graph.inputs],
+            output_names=[t.name for t in graph.outputs],
+            opset_version=OPSET,
+            optimize=True,
+            verify=False,
+        )
+    assert program is not None
+    program.save(str(path), external_data=_weights_bytes(module) > EXTERNAL_DATA_BYTES)
+    _drop_initializer_value_info(path)
+    return path
+
+
+def _drop_initializer_value_info(path: Path) -> None:
+    """Remove value_info entries that shadow initializers.
+
+    The exporter's optimiser rewrites some weights (e.g. folds a transpose into Gemm's transB) but
+    leaves their old value_info behind; onnx shape inference, which the int8 quantizer runs, then
+    rejects the graph ("inferred shape and existing shape differ").
+    """
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    keep = [v for v in model.graph.value_info if v.name not in initializers]
+    if len(keep) != len(model.graph.value_info):
+        del model.graph.value_info[:]
+        model.graph.value_info.extend(keep)
+        onnx.save(model, str(path))
+
+
+def _weights_bytes(module: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _session_options(threads: int = 1) -> object:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3  # warnings about unused initialisers etc. are not actionable here
+    return so
+
+
+def optimize_onnx(src: Path, dst: Path, level: str) -> Path:
+    """Save the onnxruntime-optimised graph (`level`: basic | extended) for the CPU provider."""
+    import onnxruntime as ort
+
+    levels = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    }
+    so = _session_options()
+    so.graph_optimization_level = levels[level]
+    so.optimized_model_filepath = str(dst)
+    if src.stat().st_size > EXTERNAL_DATA_BYTES:
+        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
+    return dst
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """onnxruntime dynamic quantization: int8 weights of MatMul/Gemm, activations quantized at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet():
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            weight_type=QuantType.QInt8,
+            use_external_data_format=src.stat().st_size > EXTERNAL_DATA_BYTES,
+        )
+    return dst
+
+
+def convert_fp16(src: Path, dst: Path) -> Path:
+    """fp16 weights and compute with fp32 graph inputs/outputs (for CUDA hosts; needs `onnx`)."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+    return dst
+
+
+def file_bytes(path: Path) -> int:
+    """Size of a graph including an external-data file beside it."""
+    extra = path.with_name(path.name + ".data")
+    return path.stat().st_size + (extra.stat().st_size if extra.exists() else 0)
+
+
+def cuda_available() -> bool:
+    """CUDA for fp16/TensorRT steps: a visible device, and the CUDA provider in onnxruntime."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
+        return False
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return False
+    return torch.cuda.is_available() and "CUDAExecutionProvider" in ort.get_available_providers()
