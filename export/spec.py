@@ -355,3 +355,8 @@ def build_spec(cfg: ViLBERTConfig, detector: DetectorDims | None = None) -> Expo
     if detector is not None:
         graphs += detector_graphs(detector)
     return ExportSpec(cfg, tuple(graphs), tuple(route(t) for t in TASKS), axis_ranges(cfg))
+
+
+def wire_shape(t: TensorSpec, shape: tuple[int, ...], batched: bool) -> tuple[int, ...]:
+    """The shape a Triton client sends for an array of graph shape `shape` (per-row scalars get ,1)."""
+    return (*shape, 1) if batched and len(t.shape) == 1 else shape

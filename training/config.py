@@ -96,6 +96,7 @@ class FitConfig:
     seed: int = 0
     eval_batch_size: int = 64
     tensorboard: bool = True
+    final_eval: bool = True  # evaluate every task's test split at the end (metrics.md / metrics.json)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -154,7 +154,7 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         root = Path(cfg.data.root)
-        loader_cfg = LoaderConfig.for_data_root(
+        self.loader_cfg = loader_cfg = LoaderConfig.for_data_root(
             root / "datasets" if (root / "datasets").is_dir() else root, clean=cfg.data.clean
         )
         self.train_sets, self.val_sets, self.streams = {}, {}, {}
@@ -356,6 +356,19 @@ class Trainer:
             from training.plots import plot_dsg
 
             plot_dsg(self.history, self.out / "dsg_schedule.png")
+            if cfg.final_eval:
+                from training.report import final_metrics, metrics_markdown
+
+                rows = final_metrics(
+                    self.model,
+                    self.tasks,
+                    Path(cfg.data.root),
+                    self.loader_cfg,
+                    cfg.eval_batch_size,
+                    self.tokens,
+                )
+                (self.out / "metrics.json").write_text(json.dumps(rows, indent=2))
+                (self.out / "metrics.md").write_text(metrics_markdown(rows))
         return final
 
 

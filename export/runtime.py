@@ -1,0 +1,85 @@
+"""Run exported graphs in-process with onnxruntime, routed per task as a Triton client routes them.
+
+`OnnxGraphs` is what the parity gate compares with PyTorch, and what a gateway can use as its
+embedded backend: `OnnxGraphs.from_repository(dir)` needs only the repository.  `task_logits`
+follows the logit conventions of `MultiTaskViLBERT.head_logits`: the trunk runs over N = B x I rows
+(I = images per example), the head over what it reads; `match` logits come back as (N,).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from export.spec import FUSED, FUSED_PAIRS, LOGITS, REGION_STATES, TRUNK, ExportSpec, build_spec
+from vilbert.config import ViLBERTConfig
+from vilbert.tasks import Head, Task
+
+
+def make_session(path: Path, threads: int = 1, providers: list[str] | None = None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
+
+
+class OnnxGraphs:
+    """onnxruntime sessions for the graphs of one export, with per-task routing."""
+
+    def __init__(self, spec: ExportSpec, files: Mapping[str, Path], threads: int = 1) -> None:
+        self.spec = spec
+        self.files = dict(files)
+        self.threads = threads
+        self._sessions: dict[str, object] = {}
+
+    @classmethod
+    def from_repository(cls, repository: str | Path, threads: int = 1) -> OnnxGraphs:
+        from export.repository import read_manifest
+
+        repository = Path(repository)
+        manifest = read_manifest(repository)
+        if manifest["backend"] == "tensorrt":
+            raise ValueError(f"{repository} holds TensorRT plans; onnxruntime needs a python/onnxruntime rendering")
+        spec = build_spec(ViLBERTConfig.from_dict(manifest["model_config"]))
+        files = {name: repository / entry["file"] for name, entry in manifest["models"].items()}
+        return cls(spec, files, threads)
+
+    def session(self, name: str):
+        if name not in self._sessions:
+            self._sessions[name] = make_session(self.files[name], self.threads)
+        return self._sessions[name]
+
+    def run(self, name: str, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        graph = self.spec.graph(name)
+        inputs = {t.name: np.ascontiguousarray(feeds[t.name], dtype=t.dtype.numpy) for t in graph.inputs}
+        outputs = self.session(name).run([t.name for t in graph.outputs], inputs)
+        return dict(zip((t.name for t in graph.outputs), outputs))
+
+    def trunk(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run(TRUNK, feeds)
+
+    def head_logits(
+        self, head: Head, trunk_out: Mapping[str, np.ndarray], region_mask: np.ndarray, images: int = 1
+    ) -> np.ndarray:
+        """A head on trunk outputs, in `MultiTaskViLBERT.head_logits` conventions."""
+        name = self.spec.head(head).name
+        match head:
+            case Head.REGION:
+                feeds = {REGION_STATES: trunk_out[REGION_STATES], "region_mask": region_mask}
+            case Head.PAIR:
+                fused = trunk_out[FUSED]
+                feeds = {FUSED_PAIRS: fused.reshape(-1, images, fused.shape[-1])}
+            case _:
+                feeds = {FUSED: trunk_out[FUSED]}
+        logits = self.run(name, feeds)[LOGITS]
+        return logits[:, 0] if head is Head.MATCH else logits
+
+    def task_logits(self, task: Task, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Trunk then the task's head, on flattened trunk inputs (N = B x images rows)."""
+        out = self.trunk(feeds)
+        return self.head_logits(task.head, out, np.asarray(feeds["region_mask"]), task.images_per_example)

@@ -1,0 +1,164 @@
+"""Request and response bodies, one pydantic model per kind of answer.
+
+Images are referenced by `ImageRef`: base64 bytes in the JSON, the name of a multipart file part, or
+an `image_id` returned by ``POST /images`` (the sha256 of the image's bytes).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GALLERY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+class Strict(BaseModel):
+    """Unknown fields are an error: a typo such as `questoin` must not be silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ImageRef(Strict):
+    """Exactly one of `base64`, `upload` (a multipart part name) or `image_id`."""
+
+    base64: str | None = Field(None, description="the image file's bytes, base64-encoded")
+    upload: str | None = Field(None, description="name of a multipart file part of this request")
+    image_id: str | None = Field(None, description="an id returned by POST /images", max_length=128)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ImageRef:
+        given = [k for k in ("base64", "upload", "image_id") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of base64, upload, image_id")
+        return self
+
+
+class Box(BaseModel):
+    """A box in original-image pixels."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+
+# --------------------------------------------------------------------------------------------- requests
+
+
+class ImagesRequest(Strict):
+    image: ImageRef
+
+
+class VQARequest(Strict):
+    image: ImageRef
+    question: str
+    dataset: Literal["vqa", "vg_qa", "gqa"] = "vqa"
+    top_k: int = Field(5, ge=1, le=1000)
+
+
+class DialogTurn(Strict):
+    question: str
+    answer: str
+
+
+class GroundRequest(Strict):
+    image: ImageRef
+    dataset: Literal["refcoco", "refcoco_plus", "refcocog", "visual7w", "guesswhat"] = "refcoco"
+    expression: str | None = None
+    dialog: list[DialogTurn] | None = Field(None, description="guesswhat: the dialog about the object")
+    candidates: list[Box] | None = Field(
+        None, description="visual7w (required) / guesswhat (optional): boxes to choose among"
+    )
+    top_k: int = Field(3, ge=1, le=1000)
+
+
+class RetrieveRequest(Strict):
+    caption: str
+    images: list[ImageRef] | None = None
+    gallery: str | None = Field(None, pattern=GALLERY_NAME)
+    dataset: Literal["coco", "flickr30k"] = "coco"
+    top_k: int = Field(10, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RetrieveRequest:
+        if (self.images is None) == (self.gallery is None):
+            raise ValueError("give exactly one of images, gallery")
+        return self
+
+
+class VerifyRequest(Strict):
+    images: list[ImageRef] = Field(..., min_length=1)
+    statement: str
+    dataset: Literal["snli_ve", "nlvr2"] = "snli_ve"
+
+
+class GalleryRequest(Strict):
+    images: list[ImageRef] = Field(..., min_length=1)
+
+
+# --------------------------------------------------------------------------------------------- responses
+
+
+class RegionOut(BaseModel):
+    box: Box
+    score: float = Field(description="probability that this region is the one meant")
+    label: str | None = Field(None, description="detector class of the region, when known")
+
+
+class ImageInfo(BaseModel):
+    image_id: str
+    width: int
+    height: int
+    boxes: list[RegionOut]
+    cached: bool
+
+
+class Answer(BaseModel):
+    answer: str
+    score: float = Field(description="sigmoid probability of the answer")
+
+
+class VQAResponse(BaseModel):
+    task: str
+    answers: list[Answer]
+
+
+class GroundResponse(BaseModel):
+    task: str
+    regions: list[RegionOut]
+    no_match: bool = Field(description="true when no region is a confident match")
+
+
+class RankedImage(BaseModel):
+    image_id: str
+    score: float = Field(description="match logit; higher is a better match")
+    rank: int
+
+
+class RetrieveResponse(BaseModel):
+    task: str
+    results: list[RankedImage]
+
+
+class VerifyResponse(BaseModel):
+    task: str
+    label: str
+    scores: dict[str, float]
+
+
+class GalleryInfo(BaseModel):
+    name: str
+    size: int
+    image_ids: list[str]
+
+
+class ErrorBody(BaseModel):
+    code: int
+    message: str
+    field: str | None = None
+    request_id: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

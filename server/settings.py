@@ -1,0 +1,67 @@
+"""Typed gateway settings: every limit, path and switch the server reads, from env vars or arguments.
+
+Nothing is read at import time: `Settings()` reads the environment (prefix ``TWELVE_``, e.g.
+``TWELVE_PORT=8080``) when the caller builds it, and `create_app(settings)` takes the object, so tests
+build apps with their own values side by side.
+"""
+
+from __future__ import annotations
+
+import enum
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BackendKind(enum.StrEnum):
+    """Where the ViLBERT graphs run (the detector always runs in-process)."""
+
+    LOCAL = "local"  # onnxruntime over the exported ONNX graphs, in this process (the embedded default)
+    TRITON = "triton"  # a Triton server serving the same graphs (tritonclient over HTTP)
+    TORCH = "torch"  # the PyTorch checkpoint directly (development and tests; same Protocol)
+
+
+class Settings(BaseSettings):
+    """Gateway configuration.  Limits are enforced before any expensive work starts."""
+
+    model_config = SettingsConfigDict(env_prefix="TWELVE_", extra="ignore")
+
+    # Network.  Loopback by default: exposing the API is an explicit decision (bad-inputs.md, ShellTorch).
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    api_key: SecretStr | None = None  # when set, every route but /, /healthz, /readyz needs X-API-Key
+
+    # Model.  The checkpoint directory gives the answer vocabularies (and the weights for `torch`).
+    backend: BackendKind = BackendKind.LOCAL
+    checkpoint: Path | None = None
+    model_repository: Path | None = None  # exported ONNX graphs (`local`) / the Triton repository layout
+    triton_url: str = "127.0.0.1:8001"  # host:port of Triton's HTTP endpoint
+    detector_weights: Path | None = None  # `regions` detector weights (preset JSON beside them)
+    threads: int = Field(1, ge=1, le=64)  # intra-op threads for torch / onnxruntime
+
+    # Region cache: memory LRU in front of an LMDB keyed by image sha256.
+    cache_dir: Path | None = None  # None: memory only
+    cache_entries: int = Field(512, ge=1)
+    pixel_cache_entries: int = Field(16, ge=0)  # decoded images kept for candidate boxes by image_id
+
+    # Request limits.
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_image_bytes: int = Field(12 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(24_000_000, ge=1)
+    max_text_chars: int = Field(2000, ge=1)  # characters; tokens are then truncated to the task's budget
+    max_images_per_request: int = Field(16, ge=1)
+    max_gallery_images: int = Field(1000, ge=1)
+    max_galleries: int = Field(16, ge=1)
+    max_candidates: int = Field(100, ge=1)  # candidate boxes for pointing tasks
+    max_top_k: int = Field(100, ge=1)
+    retrieve_batch: int = Field(16, ge=1)  # images scored per trunk call
+
+    # Admission and time.
+    deadline_s: float = Field(30.0, gt=0)  # per request; past it the answer is 504
+    max_queue: int = Field(8, ge=1)  # requests admitted (running + waiting); more get 429
+    workers: int = Field(1, ge=1)  # requests running model code at once
+    retry_after_s: int = Field(1, ge=1)
+
+    # Answers.
+    no_match_threshold: float = Field(0.5, ge=0.0, le=1.0)  # grounding: best probability below -> no_match
