@@ -56,6 +56,7 @@ class DataSpec:
 class ScheduleSpec:
     kind: ScheduleKind = ScheduleKind.DSG
     epochs: int = 20  # multi-task epochs; one epoch = the largest task's batches per epoch
+    max_steps: int | None = None  # cap on iterations (the LR schedule anneals over the capped length)
     iter_gap: int = 4  # a stopped task trains on iterations divisible by this
     warmup_proportion: float = 0.1
     task_tokens: TaskTokens = TaskTokens.DATASET

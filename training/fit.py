@@ -140,6 +140,8 @@ class Trainer:
         self.iters = {t.slug: self.streams[t.slug].batches_per_epoch for t in self.tasks}
         self.steps_per_epoch = max(self.iters.values())
         self.total_steps = cfg.schedule.epochs * self.steps_per_epoch
+        if cfg.schedule.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.schedule.max_steps)
         self.scheduler = warmup_linear(self.optimizer, self.total_steps, cfg.schedule.warmup_proportion)
         self.controllers = {t.slug: StopAndGo() for t in self.tasks}
         self.history = History()

@@ -194,13 +194,25 @@ def test_sigkill_at_random_moments_then_resume_loses_nothing(data_root, tmp_path
     import signal
     import time
 
-    args = [f"data.root={data_root}", f"tasks={TASKS}", "schedule.epochs=6", "optim.default_batch_size=2",
-            "checkpoint.every_steps=1"]
+    args = [
+        f"data.root={data_root}",
+        f"tasks={TASKS}",
+        "schedule.epochs=6",
+        "optim.default_batch_size=2",
+        "checkpoint.every_steps=1",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def cli(out, resume=False):
-        cmd = [sys.executable, "-m", "training.fit", "--config", "training/configs/tiny.yaml",
-               f"out={out}", *args] + (["--resume"] if resume else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "training.fit",
+            "--config",
+            "training/configs/tiny.yaml",
+            f"out={out}",
+            *args,
+        ] + (["--resume"] if resume else [])
         return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
     full = cli(tmp_path / "full")
@@ -229,3 +241,31 @@ def test_sigkill_at_random_moments_then_resume_loses_nothing(data_root, tmp_path
     assert done.keys() == want.keys()
     for slug in want:
         torch.testing.assert_close(torch.tensor(done[slug]), torch.tensor(want[slug]), rtol=1e-5, atol=1e-6)
+
+
+def test_ablation_runner_writes_the_comparison_table(data_root, tmp_path):
+    from training.ablations import main as ablations_main
+
+    doc = tmp_path / "results.md"
+    code = ablations_main(
+        [
+            "--config",
+            str(ROOT / "training/configs/tiny.yaml"),
+            "--out",
+            str(tmp_path / "abl"),
+            "--variants",
+            "all_task",
+            "no_dsg",
+            "single_task",
+            "--doc",
+            str(doc),
+            f"data.root={data_root}",
+            "tasks=[snli_ve,refcoco]",
+            "schedule.max_steps=3",
+            "optim.default_batch_size=2",
+        ]
+    )
+    assert code == 0
+    text = doc.read_text()
+    assert "| all_task |" in text and "| no_dsg |" in text and "| single_task |" in text
+    assert "python -m training.fit" in text and "tasks=[refcoco]" in text

@@ -1,0 +1,64 @@
+"""Build what the service runs from `Settings`: backend, region extractor, tokenizer, answer vocabularies."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from server.backend import Backend, OnnxBackend, TorchBackend
+from server.settings import BackendKind, Settings
+from vilbert.checkpoint import ANSWERS_DIR
+
+log = logging.getLogger("server")
+
+
+@dataclass
+class Components:
+    """Everything `create_app` needs besides settings; tests build it from tiny models directly."""
+
+    backend: Backend
+    extractor: object  # regions.detector.RegionExtractor
+    tokenizer: object  # vilbert.tokenizer.WordPieceTokenizer
+    answers: dict[str, list[str]] = field(default_factory=dict)
+
+
+def read_answers(checkpoint: Path | None) -> dict[str, list[str]]:
+    """Answer vocabularies (`answers/<name>.json` of a checkpoint directory) without loading weights."""
+    if checkpoint is None or not (checkpoint / ANSWERS_DIR).is_dir():
+        return {}
+    return {p.stem: list(json.loads(p.read_text())) for p in sorted((checkpoint / ANSWERS_DIR).glob("*.json"))}
+
+
+def build_backend(settings: Settings) -> Backend:
+    match settings.backend:
+        case BackendKind.TORCH:
+            if settings.checkpoint is None:
+                raise ValueError("backend=torch needs TWELVE_CHECKPOINT (a checkpoint directory)")
+            return TorchBackend.from_checkpoint(settings.checkpoint, settings.threads)
+        case BackendKind.LOCAL:
+            if settings.model_repository is None:
+                raise ValueError("backend=local needs TWELVE_MODEL_REPOSITORY (the exported ONNX graphs)")
+            return OnnxBackend(settings.model_repository, settings.threads)
+        case BackendKind.TRITON:
+            from server.triton_backend import TritonBackend
+
+            return TritonBackend(settings.triton_url, timeout_s=settings.deadline_s)
+    raise ValueError(f"unknown backend {settings.backend}")
+
+
+def load_components(settings: Settings) -> Components:
+    import torch
+
+    from regions.detector import RegionExtractor, load_detector
+    from vilbert.tokenizer import load_tokenizer
+
+    torch.set_num_threads(settings.threads)
+    if settings.detector_weights is None:
+        raise ValueError("TWELVE_DETECTOR_WEIGHTS is not set (regions detector .safetensors)")
+    log.info("loading detector %s", settings.detector_weights)
+    extractor = RegionExtractor(load_detector(settings.detector_weights), batch_size=1)
+    log.info("loading %s backend", settings.backend)
+    backend = build_backend(settings)
+    return Components(backend, extractor, load_tokenizer(), read_answers(settings.checkpoint))

@@ -1,0 +1,228 @@
+"""Thin routers: parse the body (JSON or multipart), hand it to the service, return its schema.
+
+Task routes accept either ``application/json`` (images as base64 or `image_id`) or
+``multipart/form-data`` with a ``request`` field holding the same JSON and image file parts that the
+JSON names with ``{"upload": "<part name>"}`` (a single file part fills a missing `image`).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi.responses import FileResponse, PlainTextResponse, Response
+from pydantic import BaseModel
+from starlette.datastructures import UploadFile
+
+from server import schemas as s
+from server.errors import BadRequest, InvalidInput, NotFound, Unauthorized, UnsupportedMedia
+from server.settings import Settings
+from vilbert.tasks import TASKS, as_dict
+
+STATIC = Path(__file__).parent / "static"
+M = TypeVar("M", bound=BaseModel)
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": s.ErrorResponse, "description": text}
+    for code, text in (
+        (400, "malformed body or image"),
+        (413, "body or image over a limit"),
+        (415, "unsupported content type or image format"),
+        (422, "a field's value is invalid (the message names it)"),
+        (429, "queue full; retry after Retry-After seconds"),
+        (503, "model backend unavailable; retry after Retry-After seconds"),
+        (504, "deadline exceeded"),
+    )
+}
+
+
+def body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": ref},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "request": {"type": "string", "description": f"{model.__name__} as JSON"},
+                            "image": {"type": "string", "format": "binary"},
+                        },
+                        "required": ["request"],
+                    }
+                },
+            },
+        }
+    }
+
+
+async def parse(request: Request, model: type[M], max_files: int) -> tuple[M, dict[str, bytes]]:
+    """The request model and the uploaded files' bytes, from a JSON or a multipart body."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    uploads: dict[str, bytes] = {}
+    if ctype == "multipart/form-data":
+        form = await request.form(max_files=max_files, max_fields=8, max_part_size=1024 * 1024)
+        raw_request: Any = "{}"
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key in uploads:
+                    raise InvalidInput(f"{key}: two file parts share this name", key)
+                uploads[key] = await value.read()
+            elif key == "request":
+                raw_request = value
+        data = _json(raw_request, "request")
+        if isinstance(data, dict) and "image" in model.model_fields and "image" not in data and len(uploads) == 1:
+            data["image"] = {"upload": next(iter(uploads))}
+    elif ctype in ("application/json", ""):
+        data = _json(await request.body(), "body")
+    else:
+        raise UnsupportedMedia(f"content-type: {ctype!r}; send application/json or multipart/form-data", "content-type")
+    return model.model_validate(data), uploads
+
+
+def _json(raw: str | bytes, field: str) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise BadRequest(f"{field}: not valid JSON", field) from None
+
+
+def require_key(request: Request) -> None:
+    """Optional API key (X-API-Key or Bearer), compared in constant time."""
+    settings: Settings = request.app.state.settings
+    if settings.api_key is None:
+        return
+    given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
+        raise Unauthorized("X-API-Key: missing or wrong API key", "X-API-Key")
+
+
+Auth = Annotated[None, Depends(require_key)]
+
+
+def api_router(settings: Settings) -> APIRouter:
+    router = APIRouter(dependencies=[Depends(require_key)], responses=ERRORS)
+    files = settings.max_images_per_request
+
+    def svc(request: Request):
+        return request.app.state.service
+
+    async def run(request: Request, task: str, fn):
+        request.state.task = task
+        request.scope["state"]["task"] = task
+        return await request.app.state.gateway.run(fn)
+
+    @router.post("/images", response_model=s.ImageInfo, openapi_extra=body_doc(s.ImagesRequest), tags=["images"])
+    async def post_image(request: Request) -> s.ImageInfo:
+        """Run region extraction on an image and cache it; use the returned `image_id` afterwards."""
+        req, uploads = await parse(request, s.ImagesRequest, 1)
+        return await run(request, "images", lambda: svc(request).register_image(req, uploads))
+
+    @router.post("/vqa", response_model=s.VQAResponse, openapi_extra=body_doc(s.VQARequest), tags=["tasks"])
+    async def vqa(request: Request) -> s.VQAResponse:
+        """Answer a question about an image (VQA v2, Visual Genome QA or GQA answer vocabulary)."""
+        req, uploads = await parse(request, s.VQARequest, 1)
+        return await run(request, req.dataset, lambda: svc(request).vqa(req, uploads, request.state.request_id))
+
+    @router.post("/ground", response_model=s.GroundResponse, openapi_extra=body_doc(s.GroundRequest), tags=["tasks"])
+    async def ground(request: Request) -> s.GroundResponse:
+        """Find the region an expression (or a GuessWhat dialog) refers to; boxes in image pixels."""
+        req, uploads = await parse(request, s.GroundRequest, 1)
+        return await run(request, req.dataset, lambda: svc(request).ground(req, uploads, request.state.request_id))
+
+    @router.post(
+        "/retrieve", response_model=s.RetrieveResponse, openapi_extra=body_doc(s.RetrieveRequest), tags=["tasks"]
+    )
+    async def retrieve(request: Request) -> s.RetrieveResponse:
+        """Rank images (sent here, or a registered gallery) by how well they match a caption."""
+        req, uploads = await parse(request, s.RetrieveRequest, files)
+        return await run(
+            request, req.dataset, lambda: svc(request).retrieve(req, uploads, request.state.request_id)
+        )
+
+    @router.post("/verify", response_model=s.VerifyResponse, openapi_extra=body_doc(s.VerifyRequest), tags=["tasks"])
+    async def verify(request: Request) -> s.VerifyResponse:
+        """Is a statement true of one image (SNLI-VE) or of a pair of images (NLVR2)?"""
+        req, uploads = await parse(request, s.VerifyRequest, 2)
+        return await run(request, req.dataset, lambda: svc(request).verify(req, uploads, request.state.request_id))
+
+    @router.put(
+        "/galleries/{name}", response_model=s.GalleryInfo, openapi_extra=body_doc(s.GalleryRequest), tags=["images"]
+    )
+    async def put_gallery(
+        request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]
+    ) -> s.GalleryInfo:
+        """Register (or replace) a named gallery for /retrieve; its region features stay cached."""
+        req, uploads = await parse(request, s.GalleryRequest, settings.max_gallery_images)
+        return await run(request, "gallery", lambda: svc(request).register_gallery(name, req, uploads))
+
+    @router.get("/galleries/{name}", response_model=s.GalleryInfo, tags=["images"])
+    async def get_gallery(request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]) -> s.GalleryInfo:
+        return svc(request).gallery_info(name)
+
+    @router.get("/tasks", tags=["meta"])
+    async def tasks() -> dict[str, Any]:
+        """The task table: which endpoint and `dataset` value serves each of the twelve tasks."""
+        return {"tasks": [as_dict(t) for t in TASKS]}
+
+    @router.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
+    async def metrics(request: Request) -> Response:
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def page_router() -> APIRouter:
+    """Unauthenticated routes: the web page, its example images, health and readiness."""
+    router = APIRouter()
+
+    @router.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    @router.get("/static/{name}", include_in_schema=False)
+    async def static(name: Annotated[str, PathParam(pattern=r"^[a-z0-9_-]+\.(js|css)$")]) -> FileResponse:
+        path = STATIC / name
+        if not path.is_file():
+            raise NotFound(f"no static file {name!r}")
+        return FileResponse(path)
+
+    @router.get("/examples", tags=["meta"])
+    async def example_list() -> dict[str, Any]:
+        """Built-in synthetic example images (for the page and quick tries)."""
+        from server.examples import examples
+
+        return {"examples": [{"name": e.name, "url": f"/examples/{e.name}.png", "objects": e.objects} for e in examples()]}
+
+    @router.get("/examples/{name}.png", tags=["meta"])
+    async def example_png(name: str) -> Response:
+        from server.examples import examples
+
+        for e in examples():
+            if e.name == name:
+                return Response(e.png, media_type="image/png")
+        raise NotFound(f"name: no example {name!r}", "name")
+
+    @router.get("/healthz", tags=["meta"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @router.get("/readyz", tags=["meta"])
+    async def readyz(request: Request) -> Response:
+        """Readiness: every graph of the backend is ready and the gateway accepts work."""
+        gateway = request.app.state.gateway
+        models = await request.app.state.gateway_ready() if hasattr(request.app.state, "gateway_ready") else None
+        models = models or request.app.state.service.backend.ready()
+        ready = gateway.accepting and all(models.values())
+        body = json.dumps({"ready": ready, "models": models, "queued": gateway.admitted})
+        headers = {} if ready else {"Retry-After": str(request.app.state.settings.retry_after_s)}
+        return Response(body, status_code=200 if ready else 503, media_type="application/json", headers=headers)
+
+    return router
