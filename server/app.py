@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from server import schemas as s
-from server.errors import DeadlineExceeded, Overloaded, PayloadTooLarge, install_error_handlers
+from server.errors import DeadlineExceededError, OverloadedError, PayloadTooLargeError, install_error_handlers
 from server.loading import Components, load_components
 from server.metrics import Metrics
 from server.region_cache import RegionCache
@@ -62,7 +62,7 @@ class Gateway:
         with self._lock:
             if self._admitted >= self.settings.max_queue:
                 self.metrics.rejected.labels("queue_full").inc()
-                raise Overloaded(
+                raise OverloadedError(
                     f"server busy: {self._admitted} requests queued; retry later",
                     retry_after=self.settings.retry_after_s,
                 )
@@ -76,7 +76,9 @@ class Gateway:
         except TimeoutError:
             future.cancel()
             self.metrics.rejected.labels("deadline").inc()
-            raise DeadlineExceeded(f"no answer within the {self.settings.deadline_s:g} s deadline") from None
+            raise DeadlineExceededError(
+                f"no answer within the {self.settings.deadline_s:g} s deadline"
+            ) from None
 
     @property
     def admitted(self) -> int:
@@ -133,7 +135,7 @@ class Guard:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_body:
-                    raise PayloadTooLarge(f"body: over the {self.max_body}-byte limit", "body")
+                    raise PayloadTooLargeError(f"body: over the {self.max_body}-byte limit", "body")
             return message
 
         try:
@@ -179,7 +181,9 @@ def _openapi(app: FastAPI) -> Callable[[], dict]:
     def build() -> dict:
         if app.openapi_schema:
             return app.openapi_schema
-        schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
         components = schema.setdefault("components", {}).setdefault("schemas", {})
         for model in REQUEST_MODELS:
             body = model.model_json_schema(ref_template="#/components/schemas/{model}")

@@ -33,45 +33,45 @@ class ServiceError(Exception):
         self.retry_after = retry_after
 
 
-class BadRequest(ServiceError):
+class BadRequestError(ServiceError):
     status = 400
 
 
-class NotFound(ServiceError):
+class NotFoundError(ServiceError):
     status = 404
 
 
-class PayloadTooLarge(ServiceError):
+class PayloadTooLargeError(ServiceError):
     status = 413
 
 
-class UnsupportedMedia(ServiceError):
+class UnsupportedMediaError(ServiceError):
     status = 415
 
 
-class InvalidInput(ServiceError):
+class InvalidInputError(ServiceError):
     """Well-formed JSON whose values are unusable (unknown dataset, text too long, top_k out of range)."""
 
     status = 422
 
 
-class Unauthorized(ServiceError):
+class UnauthorizedError(ServiceError):
     status = 401
 
 
-class Overloaded(ServiceError):
+class OverloadedError(ServiceError):
     """The bounded queue is full: retry later (429 + Retry-After)."""
 
     status = 429
 
 
-class BackendUnavailable(ServiceError):
+class BackendUnavailableError(ServiceError):
     """A model backend is not ready or failed to answer (503 + Retry-After)."""
 
     status = 503
 
 
-class DeadlineExceeded(ServiceError):
+class DeadlineExceededError(ServiceError):
     status = 504
 
 

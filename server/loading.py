@@ -28,7 +28,9 @@ def read_answers(checkpoint: Path | None) -> dict[str, list[str]]:
     """Answer vocabularies (`answers/<name>.json` of a checkpoint directory) without loading weights."""
     if checkpoint is None or not (checkpoint / ANSWERS_DIR).is_dir():
         return {}
-    return {p.stem: list(json.loads(p.read_text())) for p in sorted((checkpoint / ANSWERS_DIR).glob("*.json"))}
+    return {
+        p.stem: list(json.loads(p.read_text())) for p in sorted((checkpoint / ANSWERS_DIR).glob("*.json"))
+    }
 
 
 def build_backend(settings: Settings) -> Backend:

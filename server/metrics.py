@@ -18,7 +18,10 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
-            "twelve_requests", "HTTP requests by route, task and status", ["route", "task", "status"], registry=r
+            "twelve_requests",
+            "HTTP requests by route, task and status",
+            ["route", "task", "status"],
+            registry=r,
         )
         self.latency = Histogram(
             "twelve_request_seconds",
@@ -34,7 +37,9 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.cache = Counter("twelve_region_cache", "region-feature lookups by result", ["result"], registry=r)
+        self.cache = Counter(
+            "twelve_region_cache", "region-feature lookups by result", ["result"], registry=r
+        )
         self.rejected = Counter("twelve_rejected", "requests refused before running", ["reason"], registry=r)
         self.in_flight = Gauge("twelve_in_flight", "requests admitted and not finished", registry=r)
 

@@ -51,7 +51,9 @@ class CachedRegions:
         n = record.num_boxes
         objects = np.asarray(record.extra.get("objects", np.full(n, -1)), dtype=np.int64).reshape(n)
         scores = np.asarray(record.extra.get("object_scores", np.zeros(n)), dtype=np.float32).reshape(n)
-        return cls(record.image_id, record.image_w, record.image_h, record.boxes, record.features, objects, scores)
+        return cls(
+            record.image_id, record.image_w, record.image_h, record.boxes, record.features, objects, scores
+        )
 
 
 class LRU:

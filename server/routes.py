@@ -12,13 +12,20 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Path as PathParam, Request
+from fastapi import APIRouter, Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from server import schemas as s
-from server.errors import BadRequest, InvalidInput, NotFound, Unauthorized, UnsupportedMedia
+from server.errors import (
+    BadRequestError,
+    InvalidInputError,
+    NotFoundError,
+    UnauthorizedError,
+    UnsupportedMediaError,
+)
 from server.settings import Settings
 from vilbert.tasks import TASKS, as_dict
 
@@ -70,17 +77,24 @@ async def parse(request: Request, model: type[M], max_files: int) -> tuple[M, di
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key in uploads:
-                    raise InvalidInput(f"{key}: two file parts share this name", key)
+                    raise InvalidInputError(f"{key}: two file parts share this name", key)
                 uploads[key] = await value.read()
             elif key == "request":
                 raw_request = value
         data = _json(raw_request, "request")
-        if isinstance(data, dict) and "image" in model.model_fields and "image" not in data and len(uploads) == 1:
+        if (
+            isinstance(data, dict)
+            and "image" in model.model_fields
+            and "image" not in data
+            and len(uploads) == 1
+        ):
             data["image"] = {"upload": next(iter(uploads))}
     elif ctype in ("application/json", ""):
         data = _json(await request.body(), "body")
     else:
-        raise UnsupportedMedia(f"content-type: {ctype!r}; send application/json or multipart/form-data", "content-type")
+        raise UnsupportedMediaError(
+            f"content-type: {ctype!r}; send application/json or multipart/form-data", "content-type"
+        )
     return model.model_validate(data), uploads
 
 
@@ -88,7 +102,7 @@ def _json(raw: str | bytes, field: str) -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        raise BadRequest(f"{field}: not valid JSON", field) from None
+        raise BadRequestError(f"{field}: not valid JSON", field) from None
 
 
 def require_key(request: Request) -> None:
@@ -96,9 +110,10 @@ def require_key(request: Request) -> None:
     settings: Settings = request.app.state.settings
     if settings.api_key is None:
         return
-    given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+    given = request.headers.get("x-api-key") or bearer
     if not hmac.compare_digest(given.encode(), settings.api_key.get_secret_value().encode()):
-        raise Unauthorized("X-API-Key: missing or wrong API key", "X-API-Key")
+        raise UnauthorizedError("X-API-Key: missing or wrong API key", "X-API-Key")
 
 
 Auth = Annotated[None, Depends(require_key)]
@@ -116,7 +131,9 @@ def api_router(settings: Settings) -> APIRouter:
         request.scope["state"]["task"] = task
         return await request.app.state.gateway.run(fn)
 
-    @router.post("/images", response_model=s.ImageInfo, openapi_extra=body_doc(s.ImagesRequest), tags=["images"])
+    @router.post(
+        "/images", response_model=s.ImageInfo, openapi_extra=body_doc(s.ImagesRequest), tags=["images"]
+    )
     async def post_image(request: Request) -> s.ImageInfo:
         """Run region extraction on an image and cache it; use the returned `image_id` afterwards."""
         req, uploads = await parse(request, s.ImagesRequest, 1)
@@ -126,16 +143,25 @@ def api_router(settings: Settings) -> APIRouter:
     async def vqa(request: Request) -> s.VQAResponse:
         """Answer a question about an image (VQA v2, Visual Genome QA or GQA answer vocabulary)."""
         req, uploads = await parse(request, s.VQARequest, 1)
-        return await run(request, req.dataset, lambda: svc(request).vqa(req, uploads, request.state.request_id))
+        return await run(
+            request, req.dataset, lambda: svc(request).vqa(req, uploads, request.state.request_id)
+        )
 
-    @router.post("/ground", response_model=s.GroundResponse, openapi_extra=body_doc(s.GroundRequest), tags=["tasks"])
+    @router.post(
+        "/ground", response_model=s.GroundResponse, openapi_extra=body_doc(s.GroundRequest), tags=["tasks"]
+    )
     async def ground(request: Request) -> s.GroundResponse:
         """Find the region an expression (or a GuessWhat dialog) refers to; boxes in image pixels."""
         req, uploads = await parse(request, s.GroundRequest, 1)
-        return await run(request, req.dataset, lambda: svc(request).ground(req, uploads, request.state.request_id))
+        return await run(
+            request, req.dataset, lambda: svc(request).ground(req, uploads, request.state.request_id)
+        )
 
     @router.post(
-        "/retrieve", response_model=s.RetrieveResponse, openapi_extra=body_doc(s.RetrieveRequest), tags=["tasks"]
+        "/retrieve",
+        response_model=s.RetrieveResponse,
+        openapi_extra=body_doc(s.RetrieveRequest),
+        tags=["tasks"],
     )
     async def retrieve(request: Request) -> s.RetrieveResponse:
         """Rank images (sent here, or a registered gallery) by how well they match a caption."""
@@ -144,14 +170,21 @@ def api_router(settings: Settings) -> APIRouter:
             request, req.dataset, lambda: svc(request).retrieve(req, uploads, request.state.request_id)
         )
 
-    @router.post("/verify", response_model=s.VerifyResponse, openapi_extra=body_doc(s.VerifyRequest), tags=["tasks"])
+    @router.post(
+        "/verify", response_model=s.VerifyResponse, openapi_extra=body_doc(s.VerifyRequest), tags=["tasks"]
+    )
     async def verify(request: Request) -> s.VerifyResponse:
         """Is a statement true of one image (SNLI-VE) or of a pair of images (NLVR2)?"""
         req, uploads = await parse(request, s.VerifyRequest, 2)
-        return await run(request, req.dataset, lambda: svc(request).verify(req, uploads, request.state.request_id))
+        return await run(
+            request, req.dataset, lambda: svc(request).verify(req, uploads, request.state.request_id)
+        )
 
     @router.put(
-        "/galleries/{name}", response_model=s.GalleryInfo, openapi_extra=body_doc(s.GalleryRequest), tags=["images"]
+        "/galleries/{name}",
+        response_model=s.GalleryInfo,
+        openapi_extra=body_doc(s.GalleryRequest),
+        tags=["images"],
     )
     async def put_gallery(
         request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]
@@ -161,7 +194,9 @@ def api_router(settings: Settings) -> APIRouter:
         return await run(request, "gallery", lambda: svc(request).register_gallery(name, req, uploads))
 
     @router.get("/galleries/{name}", response_model=s.GalleryInfo, tags=["images"])
-    async def get_gallery(request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]) -> s.GalleryInfo:
+    async def get_gallery(
+        request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]
+    ) -> s.GalleryInfo:
         return svc(request).gallery_info(name)
 
     @router.get("/tasks", tags=["meta"])
@@ -190,7 +225,7 @@ def page_router() -> APIRouter:
     async def static(name: Annotated[str, PathParam(pattern=r"^[a-z0-9_-]+\.(js|css)$")]) -> FileResponse:
         path = STATIC / name
         if not path.is_file():
-            raise NotFound(f"no static file {name!r}")
+            raise NotFoundError(f"no static file {name!r}")
         return FileResponse(path)
 
     @router.get("/examples", tags=["meta"])
@@ -198,7 +233,11 @@ def page_router() -> APIRouter:
         """Built-in synthetic example images (for the page and quick tries)."""
         from server.examples import examples
 
-        return {"examples": [{"name": e.name, "url": f"/examples/{e.name}.png", "objects": e.objects} for e in examples()]}
+        return {
+            "examples": [
+                {"name": e.name, "url": f"/examples/{e.name}.png", "objects": e.objects} for e in examples()
+            ]
+        }
 
     @router.get("/examples/{name}.png", tags=["meta"])
     async def example_png(name: str) -> Response:
@@ -207,7 +246,7 @@ def page_router() -> APIRouter:
         for e in examples():
             if e.name == name:
                 return Response(e.png, media_type="image/png")
-        raise NotFound(f"name: no example {name!r}", "name")
+        raise NotFoundError(f"name: no example {name!r}", "name")
 
     @router.get("/healthz", tags=["meta"])
     async def healthz() -> dict[str, str]:
@@ -218,11 +257,12 @@ def page_router() -> APIRouter:
     async def readyz(request: Request) -> Response:
         """Readiness: every graph of the backend is ready and the gateway accepts work."""
         gateway = request.app.state.gateway
-        models = await request.app.state.gateway_ready() if hasattr(request.app.state, "gateway_ready") else None
-        models = models or request.app.state.service.backend.ready()
+        models = request.app.state.service.backend.ready()
         ready = gateway.accepting and all(models.values())
         body = json.dumps({"ready": ready, "models": models, "queued": gateway.admitted})
         headers = {} if ready else {"Retry-After": str(request.app.state.settings.retry_after_s)}
-        return Response(body, status_code=200 if ready else 503, media_type="application/json", headers=headers)
+        return Response(
+            body, status_code=200 if ready else 503, media_type="application/json", headers=headers
+        )
 
     return router

@@ -21,7 +21,13 @@ from regions.decode import ImageDecodeError, decode_image, sha256_hex
 from regions.inputs import box_locations, region_inputs
 from server import schemas as s
 from server.backend import Backend, BackendError, PrefixScorer
-from server.errors import BackendUnavailable, InvalidInput, NotFound, PayloadTooLarge, ServiceError
+from server.errors import (
+    BackendUnavailableError,
+    InvalidInputError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ServiceError,
+)
 from server.metrics import Metrics
 from server.region_cache import CachedRegions, RegionCache
 from server.settings import Settings
@@ -86,7 +92,9 @@ class Service:
         self.cache = cache
         self.galleries: dict[str, list[CachedRegions]] = {}
         self._gallery_lock = threading.Lock()
-        self._class_names: tuple[str, ...] = tuple(getattr(getattr(extractor, "preset", None), "class_names", ()))
+        self._class_names: tuple[str, ...] = tuple(
+            getattr(getattr(extractor, "preset", None), "class_names", ())
+        )
 
     # ------------------------------------------------------------------------------------------ images
 
@@ -97,23 +105,23 @@ class Service:
             if text.startswith("data:") and "," in text:  # a browser's data URL
                 text = text.split(",", 1)[1]
             if len(text) * 3 // 4 > self.settings.max_image_bytes:
-                raise PayloadTooLarge(
+                raise PayloadTooLargeError(
                     f"{field}.base64: image is over {self.settings.max_image_bytes} bytes", f"{field}.base64"
                 )
             try:
                 return base64.b64decode(text, validate=True)
             except (binascii.Error, ValueError):
-                raise InvalidInput(f"{field}.base64: not valid base64", f"{field}.base64") from None
+                raise InvalidInputError(f"{field}.base64: not valid base64", f"{field}.base64") from None
         if ref.upload is not None:
             if ref.upload not in uploads:
                 names = ", ".join(sorted(uploads)) or "none"
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"{field}.upload: no multipart file part named {ref.upload!r} (parts: {names})",
                     f"{field}.upload",
                 )
             data = uploads[ref.upload]
             if len(data) > self.settings.max_image_bytes:
-                raise PayloadTooLarge(
+                raise PayloadTooLargeError(
                     f"{field}.upload: image is over {self.settings.max_image_bytes} bytes", f"{field}.upload"
                 )
             return data
@@ -141,20 +149,20 @@ class Service:
             regions, level = self.cache.get(image_id)
             self.metrics.cache.labels(level or "miss").inc()
             if regions is None:
-                raise NotFound(
+                raise NotFoundError(
                     f"{field}.image_id: unknown image {image_id!r}; upload it with POST /images first",
                     f"{field}.image_id",
                 )
             rgb = self.cache.pixels.get(image_id) if need_pixels else None
             if need_pixels and rgb is None:
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"{field}.image_id: candidate boxes need the image's pixels, which are no longer cached; "
                     "send the image itself",
                     f"{field}.image_id",
                 )
             return ImageInput(regions, rgb)  # type: ignore[arg-type]
         if len(data) == 0:
-            raise InvalidInput(f"{field}: image is empty (0 bytes)", field)
+            raise InvalidInputError(f"{field}: image is empty (0 bytes)", field)
         image_id = sha256_hex(data)
         regions, level = self.cache.get(image_id)
         self.metrics.cache.labels(level or "miss").inc()
@@ -202,11 +210,11 @@ class Service:
 
     def text(self, value: str, field: str) -> str:
         if len(value) > self.settings.max_text_chars:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"{field}: {len(value)} characters; the limit is {self.settings.max_text_chars}", field
             )
         if not value.strip():
-            raise InvalidInput(f"{field}: must not be empty", field)
+            raise InvalidInputError(f"{field}: must not be empty", field)
         return value
 
     def tokens(self, text: str, task: Task, rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -233,7 +241,9 @@ class Service:
             feats[i, : len(f)], locs[i, : len(f)], mask[i, : len(f)] = f, loc, 1
         return PaddedRegions(feats, locs, mask, [b for _, _, b in per_image])
 
-    def inputs_of(self, regions: CachedRegions, max_regions: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def inputs_of(
+        self, regions: CachedRegions, max_regions: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         ri = region_inputs(regions.boxes, regions.features, regions.width, regions.height, max_regions)
         return ri.features, ri.locations, ri.boxes
 
@@ -241,7 +251,7 @@ class Service:
         try:
             return self.backend.infer(model, inputs, request_id)
         except BackendError as exc:
-            raise BackendUnavailable(
+            raise BackendUnavailableError(
                 f"model backend unavailable: {exc}", retry_after=self.settings.retry_after_s
             ) from exc
 
@@ -263,7 +273,7 @@ class Service:
 
     def _top_k(self, top_k: int, available: int) -> int:
         if top_k > self.settings.max_top_k:
-            raise InvalidInput(f"top_k: {top_k} is over the limit of {self.settings.max_top_k}", "top_k")
+            raise InvalidInputError(f"top_k: {top_k} is over the limit of {self.settings.max_top_k}", "top_k")
         return max(1, min(top_k, available))
 
     # ------------------------------------------------------------------------------------------ tasks
@@ -285,19 +295,21 @@ class Service:
             task=task.slug, answers=[s.Answer(answer=vocab[i], score=float(probs[i])) for i in order]
         )
 
-    def ground(self, req: s.GroundRequest, uploads: Mapping[str, bytes], rid: str | None = None) -> s.GroundResponse:
+    def ground(
+        self, req: s.GroundRequest, uploads: Mapping[str, bytes], rid: str | None = None
+    ) -> s.GroundResponse:
         task = task_for_dataset(Endpoint.GROUND, req.dataset)
         if task.slug == "guesswhat":
             if not req.dialog:
-                raise InvalidInput("dialog: guesswhat needs a dialog of question/answer turns", "dialog")
+                raise InvalidInputError("dialog: guesswhat needs a dialog of question/answer turns", "dialog")
             for i, turn in enumerate(req.dialog):
                 self.text(turn.question, f"dialog.{i}.question")
             text = self.text(dialog_text(req.dialog), "dialog")
         else:
             if req.dialog is not None:
-                raise InvalidInput(f"dialog: only guesswhat takes a dialog, not {req.dataset}", "dialog")
+                raise InvalidInputError(f"dialog: only guesswhat takes a dialog, not {req.dataset}", "dialog")
             if req.expression is None:
-                raise InvalidInput(f"expression: {req.dataset} needs an expression", "expression")
+                raise InvalidInputError(f"expression: {req.dataset} needs an expression", "expression")
             text = self.text(req.expression, "expression")
         candidates = self._candidates(req, task)
         image = self.resolve(req.image, uploads, "image", need_pixels=candidates is not None)
@@ -314,12 +326,15 @@ class Service:
             return s.GroundResponse(task=task.slug, regions=[], no_match=True)
         regions = self.pad_regions([(feats, locs, boxes)])
         out = self.trunk(task, ids, mask, regions, rid)
-        logits = self.head(Head.REGION, {REGION_STATES: out[REGION_STATES], "region_mask": regions.mask}, rid)[0]
+        logits = self.head(
+            Head.REGION, {REGION_STATES: out[REGION_STATES], "region_mask": regions.mask}, rid
+        )[0]
         probs = _sigmoid(logits[choices])
         k = self._top_k(req.top_k, len(choices))
         order = np.argsort(-probs, kind="stable")[:k]
         found = [
-            s.RegionOut(box=_box(boxes[choices[i]]), score=float(probs[i]), label=labels[choices[i]]) for i in order
+            s.RegionOut(box=_box(boxes[choices[i]]), score=float(probs[i]), label=labels[choices[i]])
+            for i in order
         ]
         return s.GroundResponse(
             task=task.slug, regions=found, no_match=bool(probs.max() < self.settings.no_match_threshold)
@@ -328,17 +343,23 @@ class Service:
     def _candidates(self, req: s.GroundRequest, task: Task) -> np.ndarray | None:
         if req.candidates is None:
             if task.slug == "visual7w":
-                raise InvalidInput("candidates: visual7w chooses among candidate boxes; give them", "candidates")
+                raise InvalidInputError(
+                    "candidates: visual7w chooses among candidate boxes; give them", "candidates"
+                )
             return None
         if task.readout is not Readout.BEST_CANDIDATE:
-            raise InvalidInput(f"candidates: {req.dataset} grounds among detections; drop candidates", "candidates")
+            raise InvalidInputError(
+                f"candidates: {req.dataset} grounds among detections; drop candidates", "candidates"
+            )
         limit = min(self.settings.max_candidates, task.max_regions - 1)
         if not 1 <= len(req.candidates) <= limit:
-            raise InvalidInput(f"candidates: give 1 to {limit} boxes, not {len(req.candidates)}", "candidates")
+            raise InvalidInputError(
+                f"candidates: give 1 to {limit} boxes, not {len(req.candidates)}", "candidates"
+            )
         boxes = np.array([[b.xmin, b.ymin, b.xmax, b.ymax] for b in req.candidates], dtype=np.float32)
         for i, b in enumerate(boxes):
             if not np.isfinite(b).all() or b[2] <= b[0] or b[3] <= b[1]:
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"candidates.{i}: need finite xmin < xmax and ymin < ymax", f"candidates.{i}"
                 )
         return boxes
@@ -350,7 +371,7 @@ class Service:
         np.clip(clipped[:, 0::2], 0, r.width, out=clipped[:, 0::2])
         np.clip(clipped[:, 1::2], 0, r.height, out=clipped[:, 1::2])
         if ((clipped[:, 2] - clipped[:, 0]) <= 0).any() or ((clipped[:, 3] - clipped[:, 1]) <= 0).any():
-            raise InvalidInput("candidates: a box lies outside the image", "candidates")
+            raise InvalidInputError("candidates: a box lies outside the image", "candidates")
         with self.metrics.time_stage("detector"):
             given = self.extractor.extract_at_boxes([image.rgb], [clipped])[0]
         feats, locs, boxes = self.inputs_of(r, task.max_regions - len(clipped))
@@ -373,13 +394,16 @@ class Service:
             with self._gallery_lock:
                 gallery = self.galleries.get(req.gallery)
             if gallery is None:
-                raise NotFound(f"gallery: no gallery named {req.gallery!r}; PUT /galleries/{{name}} first", "gallery")
+                raise NotFoundError(
+                    f"gallery: no gallery named {req.gallery!r}; PUT /galleries/{{name}} first", "gallery"
+                )
             images = gallery
         else:
             refs = req.images or []
             if not 1 <= len(refs) <= self.settings.max_images_per_request:
-                raise InvalidInput(
-                    f"images: give 1 to {self.settings.max_images_per_request} images, not {len(refs)}", "images"
+                raise InvalidInputError(
+                    f"images: give 1 to {self.settings.max_images_per_request} images, not {len(refs)}",
+                    "images",
                 )
             seen: dict[str, CachedRegions] = {}
             for i, ref in enumerate(refs):
@@ -397,7 +421,9 @@ class Service:
             ],
         )
 
-    def match_scores(self, task: Task, caption: str, images: Sequence[CachedRegions], rid: str | None) -> np.ndarray:
+    def match_scores(
+        self, task: Task, caption: str, images: Sequence[CachedRegions], rid: str | None
+    ) -> np.ndarray:
         """Match logits of one caption against every image, `retrieve_batch` images per call."""
         ids, mask = self.tokens(caption, task)
         scores: list[np.ndarray] = []
@@ -415,21 +441,25 @@ class Service:
                             )
                         )
                     except BackendError as exc:
-                        raise BackendUnavailable(str(exc), retry_after=self.settings.retry_after_s) from exc
+                        raise BackendUnavailableError(
+                            str(exc), retry_after=self.settings.retry_after_s
+                        ) from exc
                 continue
             rows = len(chunk)
             out = self.trunk(task, np.repeat(ids, rows, 0), np.repeat(mask, rows, 0), regions, rid)
             scores.append(self.head(Head.MATCH, {FUSED: out[FUSED]}, rid).reshape(rows))
         return np.concatenate(scores)
 
-    def register_gallery(self, name: str, req: s.GalleryRequest, uploads: Mapping[str, bytes]) -> s.GalleryInfo:
+    def register_gallery(
+        self, name: str, req: s.GalleryRequest, uploads: Mapping[str, bytes]
+    ) -> s.GalleryInfo:
         if len(req.images) > self.settings.max_gallery_images:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"images: a gallery holds at most {self.settings.max_gallery_images} images", "images"
             )
         with self._gallery_lock:
             if name not in self.galleries and len(self.galleries) >= self.settings.max_galleries:
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"name: at most {self.settings.max_galleries} galleries; replace an existing one", "name"
                 )
         seen: dict[str, CachedRegions] = {}
@@ -444,15 +474,18 @@ class Service:
         with self._gallery_lock:
             gallery = self.galleries.get(name)
         if gallery is None:
-            raise NotFound(f"name: no gallery named {name!r}", "name")
+            raise NotFoundError(f"name: no gallery named {name!r}", "name")
         return s.GalleryInfo(name=name, size=len(gallery), image_ids=[g.image_id for g in gallery])
 
-    def verify(self, req: s.VerifyRequest, uploads: Mapping[str, bytes], rid: str | None = None) -> s.VerifyResponse:
+    def verify(
+        self, req: s.VerifyRequest, uploads: Mapping[str, bytes], rid: str | None = None
+    ) -> s.VerifyResponse:
         task = task_for_dataset(Endpoint.VERIFY, req.dataset)
         statement = self.text(req.statement, "statement")
         if len(req.images) != task.images_per_example:
-            raise InvalidInput(
-                f"images: {req.dataset} takes {task.images_per_example} image(s), not {len(req.images)}", "images"
+            raise InvalidInputError(
+                f"images: {req.dataset} takes {task.images_per_example} image(s), not {len(req.images)}",
+                "images",
             )
         images = [self.resolve(ref, uploads, f"images.{i}").regions for i, ref in enumerate(req.images)]
         rows = len(images)

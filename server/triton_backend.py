@@ -8,6 +8,7 @@ ready while that one model cannot answer.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -70,7 +71,6 @@ class TritonBackend:
         return status
 
     def close(self) -> None:
-        try:
+        # Closing a client whose server is gone must not fail shutdown.
+        with contextlib.suppress(Exception):
             self.client.close()
-        except Exception:  # closing a client whose server is gone must not fail shutdown
-            pass
