@@ -40,6 +40,7 @@ from export.spec import (
     DType,
     GraphKind,
     GraphSpec,
+    detector_dims_from_preset,
 )
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import Head
@@ -165,17 +166,11 @@ def graph_module(graph: GraphSpec, model: MultiTaskViLBERT | None, detector: nn.
 
 def detector_dims(detector: nn.Module) -> DetectorDims:
     """The detector graph shapes of a `regions.detector.RegionDetector`."""
-    preset = detector.preset
+    dims = detector_dims_from_preset(detector.preset)
     levels = len(detector.backbone.fpn.layer_blocks) + 1  # + the max-pooled P6
-    return DetectorDims(
-        preset=preset.name,
-        fpn_channels=preset.backbone.fpn_channels,
-        fpn_levels=tuple(f"p{i + 2}" for i in range(levels)),
-        fc6_in_features=preset.fc6_in_features,
-        feature_dim=preset.feature_dim,
-        num_classes=preset.num_classes,
-        size_divisibility=preset.preprocessing.size_divisibility,
-    )
+    if levels != len(dims.fpn_levels):
+        raise ValueError(f"detector has {levels} pyramid levels, its preset says {len(dims.fpn_levels)}")
+    return dims
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +227,9 @@ def trace_sizes(graph: GraphSpec) -> dict[str, int]:
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """torch.onnx prints progress lines and warnings per graph; the export CLI reports its own."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    # The root logger too: onnxruntime's quantizer advises "pre-processing" there on every call.
+    names = ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript", None)
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -145,6 +145,7 @@ def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
     try:
         write(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)

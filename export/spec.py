@@ -133,6 +133,23 @@ class DetectorDims:
     size_divisibility: int
 
 
+def detector_dims_from_preset(preset: object) -> DetectorDims:
+    """`DetectorDims` of a `regions.presets.DetectorPreset` (read by attribute: no torch needed).
+
+    The pyramid has one level per anchor stride (P2..P6; P6 is the max-pooled P5).
+    """
+    levels = len(preset.rpn.anchor_strides)  # type: ignore[attr-defined]
+    return DetectorDims(
+        preset=preset.name,  # type: ignore[attr-defined]
+        fpn_channels=preset.backbone.fpn_channels,  # type: ignore[attr-defined]
+        fpn_levels=tuple(f"p{i + 2}" for i in range(levels)),
+        fc6_in_features=preset.fc6_in_features,  # type: ignore[attr-defined]
+        feature_dim=preset.feature_dim,  # type: ignore[attr-defined]
+        num_classes=preset.num_classes,  # type: ignore[attr-defined]
+        size_divisibility=preset.preprocessing.size_divisibility,  # type: ignore[attr-defined]
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Graphs
 # ---------------------------------------------------------------------------------------------

@@ -94,9 +94,8 @@ def error_response(
     retry_after: int | None = None,
 ) -> JSONResponse:
     request_id = getattr(request.state, "request_id", None)
+    # X-Request-ID itself is added to every response by the app's Guard middleware.
     headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
-    if request_id:
-        headers["X-Request-ID"] = request_id
     body = {"error": {"code": status, "message": message, "field": field, "request_id": request_id}}
     return JSONResponse(body, status_code=status, headers=headers)
 

@@ -98,6 +98,7 @@ class FitConfig:
     eval_batch_size: int = 64
     tensorboard: bool = True
     final_eval: bool = True  # evaluate every task's test split at the end (metrics.md / metrics.json)
+    final_eval_max_examples: int | None = None  # cap per task (retrieval: captions, all images kept)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -27,8 +27,11 @@ def evaluate_task(
     model.eval()
     n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
     if isinstance(dataset, RetrievalEvalDataset):
-        batch_size, n = 1, len(dataset)  # each item already holds a chunk of images
-        matrix = RetrievalScoreMatrix(*dataset.score_shape)
+        # Items are (caption, chunk of images); `max_examples` caps the captions, never the images.
+        captions, images = dataset.score_shape
+        captions = captions if max_examples is None else min(captions, max_examples)
+        batch_size, n = 1, captions * len(dataset.chunks)  # each item already holds a chunk of images
+        matrix = RetrievalScoreMatrix(captions, images)
     total = MetricSum()
     steps = range(0, n, batch_size)
     for start in tqdm(steps, desc=f"eval {task.slug}", disable=not progress, leave=False):
@@ -42,6 +45,6 @@ def evaluate_task(
             total = total + task_metric(task, logits, batch)
     model.train(was_training)
     if isinstance(dataset, RetrievalEvalDataset):
-        recall = matrix.result(dataset.gt_image)
-        return {"score": recall["R@1"], **recall, "examples": float(dataset.score_shape[0])}
+        recall = matrix.result(dataset.gt_image[:captions])
+        return {"score": recall["R@1"], **recall, "examples": float(captions)}
     return {"score": 100.0 * total.value, "examples": float(total.count)}

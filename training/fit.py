@@ -368,6 +368,7 @@ class Trainer:
                     self.loader_cfg,
                     cfg.eval_batch_size,
                     self.tokens,
+                    cfg.final_eval_max_examples,
                 )
                 (self.out / "metrics.json").write_text(json.dumps(rows, indent=2))
                 (self.out / "metrics.md").write_text(metrics_markdown(rows))

@@ -1,0 +1,444 @@
+"""Python SDK for the twelve-in-one gateway: `Client` (sync) and `AsyncClient` (httpx).
+
+    from clients import Client
+    with Client("http://127.0.0.1:8000") as c:
+        print(c.vqa("scene.png", "what colour is the circle?").answers[0].answer)
+
+Images may be a path, raw bytes, a PIL image, or an `ImageId` returned by `upload_image`.  Requests
+that get 429 or 503 are retried, waiting as long as the server's ``Retry-After`` says (bounded).
+Errors raise `APIError` with the status, the server's message (it names the offending field) and the
+request id to quote in a bug report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import httpx
+
+RETRY_STATUSES = (429, 503)
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+@dataclass(frozen=True)
+class ImageId:
+    """An image already known to the server (from `upload_image`)."""
+
+    id: str
+
+
+ImageLike = Union[str, os.PathLike, bytes, bytearray, ImageId, Any]  # Any: a PIL.Image.Image  # noqa: UP007
+
+
+class APIError(Exception):
+    """The gateway answered with an error status."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, request_id: str | None = None):
+        detail = f" (field {field})" if field else ""
+        rid = f" [request {request_id}]" if request_id else ""
+        super().__init__(f"HTTP {status}: {message}{detail}{rid}")
+        self.status = status
+        self.message = message
+        self.field = field
+        self.request_id = request_id
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class Box:
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+    def as_tuple(self) -> tuple[float, float, float, float]:
+        return (self.xmin, self.ymin, self.xmax, self.ymax)
+
+
+@dataclass(frozen=True)
+class Region:
+    box: Box
+    score: float
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    answer: str
+    score: float
+
+
+@dataclass(frozen=True)
+class VQAResult:
+    task: str
+    answers: list[Answer]
+
+    @property
+    def best(self) -> str:
+        return self.answers[0].answer
+
+
+@dataclass(frozen=True)
+class GroundResult:
+    task: str
+    regions: list[Region]
+    no_match: bool
+
+    @property
+    def best(self) -> Region | None:
+        return self.regions[0] if self.regions else None
+
+
+@dataclass(frozen=True)
+class RankedImage:
+    image_id: str
+    score: float
+    rank: int
+
+
+@dataclass(frozen=True)
+class RetrieveResult:
+    task: str
+    results: list[RankedImage]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    task: str
+    label: str
+    scores: dict[str, float]
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    image_id: str
+    width: int
+    height: int
+    boxes: list[Region]
+    cached: bool = False
+
+    @property
+    def ref(self) -> ImageId:
+        return ImageId(self.image_id)
+
+
+@dataclass(frozen=True)
+class GalleryInfo:
+    name: str
+    size: int
+    image_ids: list[str] = field(default_factory=list)
+
+
+def _region(d: dict) -> Region:
+    return Region(Box(**d["box"]), float(d["score"]), d.get("label"))
+
+
+def _parse(kind: str, d: dict) -> Any:
+    match kind:
+        case "vqa":
+            return VQAResult(d["task"], [Answer(a["answer"], float(a["score"])) for a in d["answers"]])
+        case "ground":
+            return GroundResult(d["task"], [_region(r) for r in d["regions"]], bool(d["no_match"]))
+        case "retrieve":
+            return RetrieveResult(
+                d["task"], [RankedImage(r["image_id"], r["score"], r["rank"]) for r in d["results"]]
+            )
+        case "verify":
+            return VerifyResult(d["task"], d["label"], dict(d["scores"]))
+        case "image":
+            return ImageInfo(
+                d["image_id"], d["width"], d["height"], [_region(r) for r in d["boxes"]], d["cached"]
+            )
+        case "gallery":
+            return GalleryInfo(d["name"], d["size"], list(d["image_ids"]))
+    return d
+
+
+# --------------------------------------------------------------------------------------------- requests
+
+
+def image_ref(image: ImageLike) -> dict[str, str]:
+    """The JSON `ImageRef` of an image argument."""
+    if isinstance(image, ImageId):
+        return {"image_id": image.id}
+    if isinstance(image, bytes | bytearray | memoryview):
+        data = bytes(image)
+    elif isinstance(image, str | os.PathLike):
+        path = Path(image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image file not found: {path}")
+        data = path.read_bytes()
+    elif hasattr(image, "save") and hasattr(image, "mode"):  # PIL.Image.Image, without importing PIL
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        data = buf.getvalue()
+    else:
+        raise TypeError(
+            f"cannot send {type(image).__name__} as an image; give a path, bytes, PIL image or ImageId"
+        )
+    return {"base64": base64.b64encode(data).decode("ascii")}
+
+
+def _box(b: Box | Sequence[float]) -> dict[str, float]:
+    x = b.as_tuple() if isinstance(b, Box) else tuple(b)
+    if len(x) != 4:
+        raise ValueError(f"a box is (xmin, ymin, xmax, ymax), got {b!r}")
+    return dict(zip(("xmin", "ymin", "xmax", "ymax"), map(float, x), strict=True))
+
+
+def vqa_body(image: ImageLike, question: str, dataset: str, top_k: int) -> dict:
+    return {"image": image_ref(image), "question": question, "dataset": dataset, "top_k": top_k}
+
+
+def ground_body(
+    image: ImageLike,
+    expression: str | None,
+    dataset: str,
+    top_k: int,
+    candidates: Iterable[Box | Sequence[float]] | None,
+    dialog: Iterable[tuple[str, str]] | None,
+) -> dict:
+    body: dict[str, Any] = {"image": image_ref(image), "dataset": dataset, "top_k": top_k}
+    if expression is not None:
+        body["expression"] = expression
+    if candidates is not None:
+        body["candidates"] = [_box(b) for b in candidates]
+    if dialog is not None:
+        body["dialog"] = [{"question": q, "answer": a} for q, a in dialog]
+    return body
+
+
+def retrieve_body(
+    caption: str, images: Iterable[ImageLike] | None, gallery: str | None, dataset: str, top_k: int
+) -> dict:
+    body: dict[str, Any] = {"caption": caption, "dataset": dataset, "top_k": top_k}
+    if images is not None:
+        body["images"] = [image_ref(i) for i in images]
+    if gallery is not None:
+        body["gallery"] = gallery
+    return body
+
+
+def verify_body(images: Sequence[ImageLike], statement: str, dataset: str | None) -> dict:
+    dataset = dataset or ("nlvr2" if len(images) == 2 else "snli_ve")
+    return {"images": [image_ref(i) for i in images], "statement": statement, "dataset": dataset}
+
+
+def raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        err = response.json()["error"]
+        raise APIError(response.status_code, err["message"], err.get("field"), err.get("request_id"))
+    except (ValueError, KeyError, TypeError):
+        raise APIError(
+            response.status_code,
+            response.text[:500] or response.reason_phrase,
+            None,
+            response.headers.get("x-request-id"),
+        ) from None
+
+
+def retry_delay(response: httpx.Response, attempt: int, max_wait: float) -> float:
+    """Seconds to wait before retrying: the server's Retry-After, else exponential backoff."""
+    value = response.headers.get("retry-after", "")
+    try:
+        wait = float(value)
+    except ValueError:
+        wait = 0.5 * 2**attempt
+    return max(0.0, min(wait, max_wait))
+
+
+class _Base:
+    def __init__(
+        self, url: str, api_key: str | None, timeout: float, max_retries: int, max_retry_wait: float
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.max_retry_wait = max_retry_wait
+
+
+class Client(_Base):
+    """Synchronous client.  `transport` lets tests talk to an app in-process."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        super().__init__(url, api_key, timeout, max_retries, max_retry_wait)
+        self._http = httpx.Client(
+            base_url=self.url, headers=self.headers, timeout=timeout, transport=transport
+        )
+        self._sleep = sleep
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def request(self, method: str, path: str, body: dict | None = None) -> Any:
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self._http.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                raise APIError(0, f"cannot reach {self.url}{path}: {exc}") from exc
+            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                self._sleep(retry_delay(response, attempt, self.max_retry_wait))
+                continue
+            raise_for(response)
+            return response.json()
+        raise AssertionError("unreachable")
+
+    def upload_image(self, image: ImageLike) -> ImageInfo:
+        return _parse("image", self.request("POST", "/images", {"image": image_ref(image)}))
+
+    def vqa(self, image: ImageLike, question: str, dataset: str = "vqa", top_k: int = 5) -> VQAResult:
+        return _parse("vqa", self.request("POST", "/vqa", vqa_body(image, question, dataset, top_k)))
+
+    def ground(
+        self,
+        image: ImageLike,
+        expression: str | None = None,
+        dataset: str = "refcoco",
+        top_k: int = 3,
+        candidates: Iterable[Box | Sequence[float]] | None = None,
+        dialog: Iterable[tuple[str, str]] | None = None,
+    ) -> GroundResult:
+        body = ground_body(image, expression, dataset, top_k, candidates, dialog)
+        return _parse("ground", self.request("POST", "/ground", body))
+
+    def retrieve(
+        self,
+        caption: str,
+        images: Iterable[ImageLike] | None = None,
+        gallery: str | None = None,
+        dataset: str = "coco",
+        top_k: int = 10,
+    ) -> RetrieveResult:
+        body = retrieve_body(caption, images, gallery, dataset, top_k)
+        return _parse("retrieve", self.request("POST", "/retrieve", body))
+
+    def verify(self, images: Sequence[ImageLike], statement: str, dataset: str | None = None) -> VerifyResult:
+        return _parse("verify", self.request("POST", "/verify", verify_body(images, statement, dataset)))
+
+    def put_gallery(self, name: str, images: Iterable[ImageLike]) -> GalleryInfo:
+        body = {"images": [image_ref(i) for i in images]}
+        return _parse("gallery", self.request("PUT", f"/galleries/{name}", body))
+
+    def tasks(self) -> list[dict]:
+        return self.request("GET", "/tasks")["tasks"]
+
+    def ready(self) -> bool:
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+
+class AsyncClient(_Base):
+    """Asynchronous client with the same methods as `Client` (awaitable)."""
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        *,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+    ) -> None:
+        super().__init__(url, api_key, timeout, max_retries, max_retry_wait)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=self.headers, timeout=timeout, transport=transport
+        )
+        self._sleep = sleep
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, body: dict | None = None) -> Any:
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await self._http.request(method, path, json=body)
+            except httpx.TransportError as exc:
+                raise APIError(0, f"cannot reach {self.url}{path}: {exc}") from exc
+            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                await self._sleep(retry_delay(response, attempt, self.max_retry_wait))
+                continue
+            raise_for(response)
+            return response.json()
+        raise AssertionError("unreachable")
+
+    async def upload_image(self, image: ImageLike) -> ImageInfo:
+        return _parse("image", await self.request("POST", "/images", {"image": image_ref(image)}))
+
+    async def vqa(self, image: ImageLike, question: str, dataset: str = "vqa", top_k: int = 5) -> VQAResult:
+        return _parse("vqa", await self.request("POST", "/vqa", vqa_body(image, question, dataset, top_k)))
+
+    async def ground(
+        self,
+        image: ImageLike,
+        expression: str | None = None,
+        dataset: str = "refcoco",
+        top_k: int = 3,
+        candidates: Iterable[Box | Sequence[float]] | None = None,
+        dialog: Iterable[tuple[str, str]] | None = None,
+    ) -> GroundResult:
+        body = ground_body(image, expression, dataset, top_k, candidates, dialog)
+        return _parse("ground", await self.request("POST", "/ground", body))
+
+    async def retrieve(
+        self,
+        caption: str,
+        images: Iterable[ImageLike] | None = None,
+        gallery: str | None = None,
+        dataset: str = "coco",
+        top_k: int = 10,
+    ) -> RetrieveResult:
+        body = retrieve_body(caption, images, gallery, dataset, top_k)
+        return _parse("retrieve", await self.request("POST", "/retrieve", body))
+
+    async def verify(
+        self, images: Sequence[ImageLike], statement: str, dataset: str | None = None
+    ) -> VerifyResult:
+        return _parse(
+            "verify", await self.request("POST", "/verify", verify_body(images, statement, dataset))
+        )
+
+    async def put_gallery(self, name: str, images: Iterable[ImageLike]) -> GalleryInfo:
+        body = {"images": [image_ref(i) for i in images]}
+        return _parse("gallery", await self.request("PUT", f"/galleries/{name}", body))
+
+    async def tasks(self) -> list[dict]:
+        return (await self.request("GET", "/tasks"))["tasks"]

@@ -1,0 +1,96 @@
+"""`python -m export --checkpoint DIR --out model_repository/ [--precision fp32|int8|fp16]
+[--backend python|onnxruntime|tensorrt]`
+
+Exports the trunk, the six heads and (with --detector) the detector's backbone and box head as ONNX,
+runs the parity gate (fails the export if it fails), writes the Triton repository and the parity
+report next to it (`<out>.parity.json`, `<out>.parity.md`).  `--check` / `--check --fix` compare the
+generated configs with the committed goldens instead (export/check.py).
+
+Exit status: 0 written; 1 parity gate failed; 2 bad arguments or inputs; 3 skipped (needs CUDA).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from export.triton_config import Backend, Deployment
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (python -m training.fit)")
+    p.add_argument("--out", type=Path, default=Path("model_repository"), help="repository to (re)write")
+    p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32")
+    p.add_argument("--backend", choices=[b.value for b in Backend], default="python")
+    p.add_argument("--version", type=int, default=1, help="model version folder")
+    p.add_argument("--detector", type=Path, help="detector weights (.safetensors with its preset JSON)")
+    p.add_argument("--data", type=Path, help="synthetic world for the metric gate (default: the training root)")
+    p.add_argument("--skip-metric", action="store_true", help="gate on generated inputs only")
+    p.add_argument("--max-examples", type=int, default=64, help="examples per task for the metric gate")
+    p.add_argument("--no-int8-report", action="store_true", help="fp32 exports: do not measure int8")
+    p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads for the gate (0: torch's)")
+    d = Deployment()
+    p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
+    p.add_argument("--queue-delay-us", type=int, default=d.queue_delay_us)
+    p.add_argument("--trunk-instances", type=int, default=d.trunk_instances)
+    p.add_argument("--trunk-threads", type=int, default=d.trunk_threads)
+    p.add_argument("--keep-work", action="store_true", help="keep the intermediate ONNX files")
+    p.add_argument("--check", action="store_true", help="compare generated configs with the goldens")
+    p.add_argument("--fix", action="store_true", help="with --check: rewrite the goldens")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.check:
+        from export.check import main as check_main
+
+        return check_main(["--fix"] if args.fix else [])
+    if args.checkpoint is None:
+        print("error: --checkpoint is required (or --check)", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from export.pipeline import ExportOptions, ExportSkipped, GateFailed, Precision, run_export
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    options = ExportOptions(
+        checkpoint=args.checkpoint,
+        out=args.out,
+        precision=Precision(args.precision),
+        deployment=Deployment(
+            backend=Backend(args.backend),
+            max_batch_size=args.max_batch_size,
+            queue_delay_us=args.queue_delay_us,
+            trunk_instances=args.trunk_instances,
+            trunk_threads=args.trunk_threads,
+        ),
+        version=args.version,
+        detector=args.detector,
+        data_root=args.data,
+        skip_metric=args.skip_metric,
+        max_examples=args.max_examples,
+        measure_int8=not args.no_int8_report,
+        keep_work=args.keep_work,
+    )
+    try:
+        outcome = run_export(options)
+    except ExportSkipped as exc:
+        print(str(exc), file=sys.stderr)
+        return 3
+    except GateFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {outcome.repository}\nparity report: {outcome.report_md} (+ .json)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

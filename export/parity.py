@@ -1,0 +1,324 @@
+"""The parity gate: exported graphs must compute what the PyTorch model computes.
+
+Two checks per task, both run by `python -m export` before a repository is written:
+
+1. Generated inputs: each task at its own table shape (`max_text_tokens`, `max_regions`, images per
+   example; padded rows included), PyTorch trunk + head vs the onnxruntime route (trunk graph, then
+   the head graph).  fp32 passes at max |diff| <= 1e-4.
+2. The task metric on the synthetic test split (`training.evaluation.evaluate_task`, the very code
+   training reports with), computed with PyTorch and with the onnxruntime graphs: unchanged in fp32,
+   within 1 point in int8.  Where a test split has no labels (VQA's test-std answers are withheld)
+   or no test split exists (VG QA), the validation split is used and the report says so.
+
+Plus the detector graphs, when exported: backbone pyramid and box-head outputs vs PyTorch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from export.graphs import sample_inputs
+from export.runtime import OnnxGraphs
+from export.spec import BATCH, DETECTOR_BACKBONE, DETECTOR_BOX_HEAD, REGIONS, TEXT, ExportSpec
+from vilbert.heads import MultiTaskViLBERT
+from vilbert.tasks import TASKS, Head, Task
+
+FP32_TOLERANCE = 1e-4  # max |PyTorch - onnxruntime| on generated inputs
+FP32_METRIC_POINTS = 1e-6  # "unchanged": metric equal up to float formatting noise
+INT8_METRIC_POINTS = 1.0  # int8 metric within this many points of PyTorch's
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Generated inputs
+# ---------------------------------------------------------------------------------------------
+
+
+def task_inputs(spec: ExportSpec, task: Task, rng: np.random.Generator, batch: int = 2) -> dict[str, np.ndarray]:
+    """Trunk inputs for `batch` examples of `task` at its table shape: N = batch x images rows."""
+    cfg = spec.config
+    sizes = {
+        BATCH: batch * task.images_per_example,
+        TEXT: min(task.max_text_tokens, cfg.max_position_embeddings),
+        REGIONS: task.max_regions,
+    }
+    feeds = sample_inputs(spec.trunk, sizes, rng, vocab_size=cfg.vocab_size)
+    feeds["task_ids"] = np.full(sizes[BATCH], task.task_id, dtype=np.int64)
+    return feeds
+
+
+@torch.no_grad()
+def torch_task_logits(model: MultiTaskViLBERT, task: Task, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The PyTorch reference on the same flattened rows (as `MultiTaskViLBERT.forward` flattens them)."""
+    inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
+    out = model.trunk(**inputs)
+    logits = model.head_logits(task.head, out, inputs["region_mask"], task.images_per_example)
+    return logits.numpy()
+
+
+def generated_diff(
+    model: MultiTaskViLBERT, graphs: OnnxGraphs, task: Task, rng: np.random.Generator
+) -> tuple[float, list[int]]:
+    """Max |PyTorch - onnxruntime| over one generated batch of `task`, and the logits' shape."""
+    feeds = task_inputs(graphs.spec, task, rng)
+    ref = torch_task_logits(model, task, feeds)
+    got = graphs.task_logits(task, feeds)
+    if ref.shape != got.shape:
+        raise AssertionError(f"{task.slug}: onnxruntime logits {got.shape} vs PyTorch {ref.shape}")
+    return float(np.abs(ref - got).max()), list(ref.shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Task metric through the graphs
+# ---------------------------------------------------------------------------------------------
+
+
+class _OnnxHeads:
+    """`TaskHeads`' three methods, answered by the head graphs."""
+
+    def __init__(self, graphs: OnnxGraphs) -> None:
+        self.graphs = graphs
+
+    def fused_logits(self, head: Head, fused: Tensor) -> Tensor:
+        return torch.from_numpy(self.graphs.head_logits(head, {"fused": fused.numpy()}, np.zeros(0)))
+
+    def pair_logits(self, fused_pairs: Tensor) -> Tensor:
+        images = fused_pairs.shape[1]
+        flat = fused_pairs.reshape(-1, fused_pairs.shape[-1]).numpy()
+        return torch.from_numpy(self.graphs.head_logits(Head.PAIR, {"fused": flat}, np.zeros(0), images))
+
+    def region_logits(self, region_states: Tensor, region_mask: Tensor) -> Tensor:
+        trunk_out = {"region_states": region_states.numpy()}
+        return torch.from_numpy(self.graphs.head_logits(Head.REGION, trunk_out, region_mask.numpy()))
+
+
+class OnnxModel:
+    """Stands in for `MultiTaskViLBERT` where training code calls `model.trunk(...)` / `model.heads.*`,
+    so the metric is computed by exactly the code that evaluates the PyTorch model."""
+
+    def __init__(self, graphs: OnnxGraphs) -> None:
+        self.graphs = graphs
+        self.heads = _OnnxHeads(graphs)
+        self.training = False
+
+    def trunk(self, **inputs: Tensor) -> SimpleNamespace:
+        out = self.graphs.trunk({k: v.numpy() for k, v in inputs.items()})
+        return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in out.items()})
+
+    def eval(self) -> OnnxModel:
+        return self
+
+    def train(self, mode: bool = True) -> OnnxModel:
+        if mode:
+            raise RuntimeError("exported graphs are inference-only")
+        return self
+
+
+@dataclass
+class MetricData:
+    """One task's evaluation data for the gate."""
+
+    dataset: object
+    split: str
+    note: str = ""
+
+
+def metric_dataset(task: Task, root: Path, max_examples: int) -> MetricData:
+    """The test split, or the validation split where the test split is missing or unlabelled."""
+    from training.datasets import LoaderConfig, build_dataset, split_names
+    from vilbert.tokenizer import load_tokenizer
+
+    names = split_names(task)
+    config = LoaderConfig.for_data_root(root / "datasets" if (root / "datasets").is_dir() else root)
+    tokenizer = load_tokenizer()
+
+    def build(split: str):
+        return build_dataset(task, root, split, config=config, tokenizer=tokenizer)
+
+    if not names["test"]:
+        return MetricData(build(names["val"]), names["val"], "no test split: validation split used")
+    test = build(names["test"])
+    n = min(len(test), max_examples)
+    if n and not any(np.asarray(test[i].target).any() for i in range(n)):
+        return MetricData(build(names["val"]), names["val"], "test split unlabelled: validation split used")
+    return MetricData(test, names["test"])
+
+
+def task_metric(model, task: Task, data: MetricData, max_examples: int, batch_size: int = 32) -> dict[str, float]:
+    from training.evaluation import evaluate_task
+
+    return evaluate_task(model, task, data.dataset, batch_size=batch_size, max_examples=max_examples)
+
+
+# ---------------------------------------------------------------------------------------------
+# The gate
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TaskParity:
+    task: str
+    task_id: int
+    head: str
+    logits_shape: list[int]
+    max_abs_diff_fp32: float
+    max_abs_diff_int8: float | None = None
+    metric: str = ""
+    split: str = ""
+    split_note: str = ""
+    examples: int = 0
+    metric_torch: float | None = None
+    metric_fp32: float | None = None
+    metric_int8: float | None = None
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class DetectorParity:
+    graph: str
+    max_abs_diff: float
+    max_abs_value: float
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GateResult:
+    tasks: list[TaskParity]
+    detector: list[DetectorParity]
+    gated_precision: str
+    metric_measured: bool
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return all(t.passed for t in self.tasks) and all(not d.failures for d in self.detector)
+
+    def failures(self) -> list[str]:
+        out = [f"{t.task}: {f}" for t in self.tasks for f in t.failures]
+        return out + [f"{d.graph}: {f}" for d in self.detector for f in d.failures]
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "passed": self.passed,
+            "gated_precision": self.gated_precision,
+            "metric_measured": self.metric_measured,
+            "seconds": round(self.seconds, 2),
+            "tasks": [asdict(t) | {"passed": t.passed} for t in self.tasks],
+            "detector": [asdict(d) for d in self.detector],
+        }
+
+
+def run_gate(
+    model: MultiTaskViLBERT,
+    fp32: OnnxGraphs,
+    int8: OnnxGraphs | None,
+    *,
+    gate_int8: bool,
+    data_root: Path | None,
+    max_examples: int = 64,
+    tolerance: float = FP32_TOLERANCE,
+    int8_points: float = INT8_METRIC_POINTS,
+    detector: torch.nn.Module | None = None,
+    seed: int = 0,
+    log=print,
+) -> GateResult:
+    """Run both checks for every task (and the detector graphs); nothing raises on a failed check."""
+    started = time.perf_counter()
+    model = model.eval()
+    results: list[TaskParity] = []
+    for task in TASKS:
+        diff, shape = generated_diff(model, fp32, task, np.random.default_rng(seed + task.task_id))
+        row = TaskParity(task.slug, task.task_id, task.head.value, shape, diff, metric=task.metric)
+        if not diff <= tolerance:  # also catches NaN
+            row.failures.append(f"fp32 max |diff| {diff:.3g} > {tolerance:g}")
+        if int8 is not None:
+            row.max_abs_diff_int8, _ = generated_diff(model, int8, task, np.random.default_rng(seed + task.task_id))
+        if data_root is not None:
+            data = metric_dataset(task, data_root, max_examples)
+            row.split, row.split_note = data.split, data.note
+            ref = task_metric(model, task, data, max_examples)
+            row.examples = int(ref["examples"])
+            row.metric_torch = ref["score"]
+            row.metric_fp32 = task_metric(OnnxModel(fp32), task, data, max_examples)["score"]
+            if abs(row.metric_fp32 - row.metric_torch) > FP32_METRIC_POINTS:
+                row.failures.append(f"fp32 metric {row.metric_fp32:.4f} != PyTorch {row.metric_torch:.4f}")
+            if int8 is not None:
+                row.metric_int8 = task_metric(OnnxModel(int8), task, data, max_examples)["score"]
+                if gate_int8 and abs(row.metric_int8 - row.metric_torch) > int8_points:
+                    row.failures.append(
+                        f"int8 metric {row.metric_int8:.2f} is {abs(row.metric_int8 - row.metric_torch):.2f} "
+                        f"points from PyTorch {row.metric_torch:.2f} (allowed {int8_points:g})"
+                    )
+        log(
+            f"  {task.slug:<20} max|diff| fp32 {diff:.2e}"
+            + (f" int8 {row.max_abs_diff_int8:.2e}" if row.max_abs_diff_int8 is not None else "")
+            + (
+                f"  {task.metric} torch {row.metric_torch:.2f} fp32 {row.metric_fp32:.2f}"
+                + (f" int8 {row.metric_int8:.2f}" if row.metric_int8 is not None else "")
+                + f" ({row.split}, {row.examples} ex)"
+                if row.metric_torch is not None
+                else ""
+            )
+            + ("" if row.passed else "  FAIL")
+        )
+        results.append(row)
+    det = detector_parity(detector, fp32, tolerance, seed) if detector is not None else []
+    return GateResult(
+        results,
+        det,
+        "int8" if gate_int8 else "fp32",
+        data_root is not None,
+        time.perf_counter() - started,
+    )
+
+
+@torch.no_grad()
+def detector_parity(
+    detector: torch.nn.Module, graphs: OnnxGraphs, tolerance: float, seed: int = 0
+) -> list[DetectorParity]:
+    """Backbone pyramid on a padded random image; box head on boxes pooled from that pyramid,
+    against `RegionDetector.box_head_outputs` (pool + MLP in PyTorch)."""
+    from regions.detector import box_geometry
+
+    rng = np.random.default_rng(seed)
+    detector = detector.eval()
+    div = detector.preset.preprocessing.size_divisibility
+    height, width = 5 * div, 7 * div
+    image = rng.standard_normal((1, 3, height, width)).astype(np.float32)
+    features = detector.backbone(torch.from_numpy(image))
+    got = graphs.run(DETECTOR_BACKBONE, {"images": image})
+    out: list[DetectorParity] = []
+    ref_levels = [v.numpy() for v in features.values()]
+    diff = max(float(np.abs(a - b).max()) for a, b in zip(got.values(), ref_levels))
+    scale = max(float(np.abs(b).max()) for b in ref_levels)
+    out.append(DetectorParity(DETECTOR_BACKBONE, diff, scale))
+
+    x1y1 = rng.uniform(0, [width * 0.6, height * 0.6], size=(11, 2))
+    wh = rng.uniform(8, [width * 0.4, height * 0.4], size=(11, 2))
+    boxes = torch.from_numpy(np.concatenate([x1y1, x1y1 + wh], axis=1).astype(np.float32))
+    sizes = [(height, width)]
+    pooled = detector.roi_heads.box_roi_pool(features, [boxes], sizes).flatten(1)
+    if detector.preset.box_head.geometry_features:
+        pooled = torch.cat([pooled, box_geometry([boxes], sizes)], dim=1)
+    ref = detector.box_head_outputs(features, [boxes], sizes)
+    got = graphs.run(DETECTOR_BOX_HEAD, {"box_inputs": pooled.numpy()})
+    pairs = zip(
+        got.values(), (ref.features, ref.fc7, ref.class_logits, ref.box_regression)
+    )
+    diffs = [(float(np.abs(a - b.numpy()).max()), float(np.abs(b.numpy()).max())) for a, b in pairs]
+    out.append(DetectorParity(DETECTOR_BOX_HEAD, max(d for d, _ in diffs), max(s for _, s in diffs)))
+    for row in out:
+        if not row.max_abs_diff <= tolerance:
+            row.failures.append(f"max |diff| {row.max_abs_diff:.3g} > {tolerance:g}")
+    return out

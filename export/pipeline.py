@@ -1,0 +1,254 @@
+"""`run_export`: checkpoint -> ONNX graphs -> parity gate -> Triton repository + parity report.
+
+Order matters: the gate runs on the graphs exactly as they will be served, and the repository is
+only written (atomically, replacing the old one) when the gate passes.  The report is written
+either way, next to the repository, so a failed export says why.
+"""
+
+from __future__ import annotations
+
+import enum
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from export.graphs import (
+    cuda_available,
+    detector_dims,
+    export_onnx,
+    file_bytes,
+    graph_module,
+    optimize_onnx,
+    quantize_int8,
+)
+from export.parity import FP32_TOLERANCE, INT8_METRIC_POINTS, run_gate
+from export.report import write_report
+from export.repository import write_repository
+from export.runtime import OnnxGraphs
+from export.spec import GraphKind, build_spec
+from export.triton_config import Backend, Deployment
+from vilbert.checkpoint import load_checkpoint
+
+
+class Precision(enum.StrEnum):
+    FP32 = "fp32"
+    INT8 = "int8"  # onnxruntime dynamic quantization (CPU)
+    FP16 = "fp16"  # CUDA hosts only
+
+
+class ExportSkipped(RuntimeError):
+    """The requested rendering needs hardware or software this machine does not have."""
+
+
+class GateFailed(RuntimeError):
+    """The parity gate failed; no repository was written."""
+
+
+@dataclass
+class ExportOptions:
+    checkpoint: Path
+    out: Path
+    precision: Precision = Precision.FP32
+    deployment: Deployment = field(default_factory=Deployment)
+    version: int = 1
+    detector: Path | None = None  # detector weights (safetensors + preset JSON), optional
+    data_root: Path | None = None  # synthetic world for the metric half of the gate
+    skip_metric: bool = False  # gate on generated inputs only (the report says so)
+    max_examples: int = 64
+    tolerance: float = FP32_TOLERANCE
+    int8_points: float = INT8_METRIC_POINTS
+    measure_int8: bool = True  # quantize and measure int8 even for fp32 exports (report only)
+    keep_work: bool = False
+
+
+@dataclass
+class ExportOutcome:
+    repository: Path | None
+    report_json: Path
+    report_md: Path
+    report: dict
+
+
+def check_supported(precision: Precision, backend: Backend) -> None:
+    """Refuse early, with the reason, what this machine cannot produce."""
+    if precision is Precision.INT8 and backend is Backend.TENSORRT:
+        raise ValueError("int8 here means onnxruntime dynamic quantization; TensorRT takes fp32 or fp16")
+    needs_cuda = precision is Precision.FP16 or backend is Backend.TENSORRT
+    if needs_cuda and not cuda_available():
+        what = "fp16" if precision is Precision.FP16 else "TensorRT engines"
+        raise ExportSkipped(
+            f"skipped: {what} need a CUDA device (torch.cuda.is_available() is False or onnxruntime has "
+            "no CUDAExecutionProvider). Export fp32/int8 here, or run this on a GPU host."
+        )
+    if backend is Backend.TENSORRT:
+        try:
+            import tensorrt  # noqa: F401
+        except ImportError as exc:
+            raise ExportSkipped("skipped: TensorRT engines need the `tensorrt` Python package") from exc
+
+
+def _data_root(opts: ExportOptions, meta: dict) -> Path | None:
+    if opts.skip_metric:
+        return None
+    root = opts.data_root or Path(meta.get("fit_config", {}).get("data", {}).get("root", "") or "")
+    if not root or not Path(root).is_dir():
+        raise FileNotFoundError(
+            f"data root for the metric gate not found ({root or 'none recorded in the checkpoint'}): pass "
+            "--data (a synthetic world: python -m training.synthetic), or --skip-metric"
+        )
+    return Path(root)
+
+
+def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportOutcome:
+    backend = opts.deployment.backend
+    check_supported(opts.precision, backend)
+    started = time.perf_counter()
+    ck = load_checkpoint(opts.checkpoint)
+    model = ck.model.eval()
+    cfg = model.config
+    data_root = _data_root(opts, ck.meta)
+    detector = None
+    if opts.detector is not None:
+        from regions.detector import load_detector
+
+        detector = load_detector(opts.detector).eval()
+    spec = build_spec(cfg, detector_dims(detector) if detector is not None else None)
+    out = Path(opts.out)
+    work = out.with_name(f".{out.name}.work")
+    shutil.rmtree(work, ignore_errors=True)
+    want_int8 = opts.precision is Precision.INT8 or (opts.measure_int8 and backend is not Backend.TENSORRT)
+
+    served_fp32: dict[str, Path] = {}
+    served_int8: dict[str, Path] = {}
+    basic: dict[str, Path] = {}
+    stats: dict[str, dict] = {}
+    log(f"exporting {len(spec.graphs)} graphs of the {cfg.preset} model to ONNX ...")
+    for graph in spec.graphs:
+        t0 = time.perf_counter()
+        module = graph_module(graph, model, detector)
+        raw = export_onnx(module, graph, work / "exported" / f"{graph.name}.onnx", cfg.max_position_embeddings)
+        basic[graph.name] = optimize_onnx(raw, work / "basic" / f"{graph.name}.onnx", "basic")
+        if backend is Backend.PYTHON:  # CPU-only rendering: keep the CPU fusions offline
+            served_fp32[graph.name] = optimize_onnx(raw, work / "cpu" / f"{graph.name}.onnx", "extended")
+        else:  # GPU renderings: provider-independent graph; the server optimises for its device
+            served_fp32[graph.name] = basic[graph.name]
+        # The detector stays fp32 in int8 repositories: dynamic quantization targets matmuls, and
+        # the convolutional backbone is where region features come from.
+        if want_int8 and graph.kind is not GraphKind.DETECTOR:
+            served_int8[graph.name] = quantize_int8(basic[graph.name], work / "int8" / f"{graph.name}.onnx")
+        elif want_int8:
+            served_int8[graph.name] = served_fp32[graph.name]
+        weights, nodes = _graph_size(served_fp32[graph.name])
+        stats[graph.name] = {
+            "parameters": weights,
+            "nodes": nodes,
+            "bytes_exported": file_bytes(raw),
+            "bytes_fp32": file_bytes(served_fp32[graph.name]),
+            "bytes_int8": file_bytes(served_int8[graph.name]) if want_int8 else None,
+            "export_seconds": round(time.perf_counter() - t0, 2),
+        }
+        log(
+            f"  {graph.name:<18} {stats[graph.name]['parameters']:>12,} params  "
+            f"fp32 {stats[graph.name]['bytes_fp32'] / 1e6:8.2f} MB"
+            + (f"  int8 {stats[graph.name]['bytes_int8'] / 1e6:8.2f} MB" if want_int8 else "")
+            + f"  ({stats[graph.name]['export_seconds']:.1f} s)"
+        )
+    export_seconds = time.perf_counter() - started
+
+    log("parity gate ...")
+    threads = max(1, torch.get_num_threads())
+    gate = run_gate(
+        model,
+        OnnxGraphs(spec, served_fp32, threads),
+        OnnxGraphs(spec, served_int8, threads) if want_int8 else None,
+        gate_int8=opts.precision is Precision.INT8,
+        data_root=data_root,
+        max_examples=opts.max_examples,
+        tolerance=opts.tolerance,
+        int8_points=opts.int8_points,
+        detector=detector,
+        log=log,
+    )
+
+    files = served_int8 if opts.precision is Precision.INT8 else served_fp32
+    notes: list[str] = []
+    if gate.passed and opts.precision is Precision.FP16:
+        from export.graphs import convert_fp16
+
+        files = {
+            name: convert_fp16(path, work / "fp16" / path.name) if spec.graph(name).kind is not GraphKind.DETECTOR else path
+            for name, path in basic.items()
+        }
+        notes.append("fp16 graphs are converted after the fp32 gate; their parity is not gated here.")
+    if gate.passed and backend is Backend.TENSORRT:
+        from export.tensorrt import build_engines
+
+        files = build_engines(spec, files, work / "plans", fp16=opts.precision is Precision.FP16)
+        notes.append("TensorRT engines are built from the gated ONNX graphs; engine parity is not gated here.")
+
+    totals = {
+        "parameters": sum(s["parameters"] for s in stats.values()),
+        "bytes_exported": sum(s["bytes_exported"] for s in stats.values()),
+        "bytes_fp32": sum(s["bytes_fp32"] for s in stats.values()),
+        "bytes_int8": sum(s["bytes_int8"] for s in stats.values()) if want_int8 else None,
+    }
+    report = {
+        "preset": cfg.preset,
+        "checkpoint": str(opts.checkpoint),
+        "repository": str(out),
+        "backend": backend.value,
+        "precision": opts.precision.value,
+        "version": opts.version,
+        "tolerance": opts.tolerance,
+        "int8_points": opts.int8_points,
+        "data_root": str(data_root) if data_root else None,
+        "seconds": {"export": round(export_seconds, 2)},
+        "gate": gate.as_dict() | {"failures": gate.failures()},
+        "graphs": stats,
+        "totals": totals,
+        "versions": _versions(),
+        "notes": notes,
+    }
+    repository = None
+    if gate.passed:
+        manifest = {
+            "precision": opts.precision.value,
+            "preset": cfg.preset,
+            "checkpoint": str(opts.checkpoint),
+            "parity": {"passed": True, "report": f"{out.name}.parity.json"},
+            "versions": report["versions"],
+        }
+        repository = write_repository(
+            out, spec, opts.deployment, files, version=opts.version, answers=ck.answers, manifest=manifest
+        )
+    report["seconds"]["total"] = round(time.perf_counter() - started, 2)
+    json_path, md_path = write_report(out, report)
+    if not opts.keep_work and gate.passed:
+        shutil.rmtree(work, ignore_errors=True)
+    if not gate.passed:
+        raise GateFailed(
+            f"parity gate failed ({len(gate.failures())} checks); repository not written; see {md_path}\n  "
+            + "\n  ".join(gate.failures()[:12])
+        )
+    return ExportOutcome(repository, json_path, md_path, report)
+
+
+def _graph_size(path: Path) -> tuple[int, int]:
+    """(weight elements, nodes) of a graph: what it holds, not what the PyTorch module around it holds."""
+    import math
+
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return sum(math.prod(t.dims) for t in graph.initializer), len(graph.node)
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}

@@ -1,0 +1,183 @@
+"""The `local` (onnxruntime) and `triton` backends give the torch backend's answers.
+
+The local backend runs the tiny model's graphs exported by `export.graphs` (the export package's own
+code, to the names of export/spec.py).  The triton backend is exercised through a stand-in client
+that decodes tritonclient's binary tensors and runs the torch graphs; a run against the real bundled
+tritonserver needs the exported Triton repository and is not part of this suite.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from server.app import create_app
+from server.backend import BackendError, OnnxBackend, TorchBackend, graph_names
+from server.loading import Components
+from server.triton_backend import TritonBackend
+from tests.server.fixtures import task_body, tiny_settings
+from vilbert.checkpoint import load_checkpoint
+from vilbert.tasks import TASKS
+
+
+@pytest.fixture(scope="session")
+def onnx_repo(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
+    from export.graphs import export_onnx, graph_module
+    from export.spec import build_spec
+
+    torch.set_num_threads(1)
+    model = load_checkpoint(tiny_checkpoint).model.eval()
+    repo = tmp_path_factory.mktemp("repo")
+    for graph in build_spec(model.config).graphs:
+        export_onnx(graph_module(graph, model, None), graph, repo / graph.name / "1" / "model.onnx", 64)
+    return repo
+
+
+def app_for(backend, components: Components, tmp: Path, checkpoint: Path):
+    parts = Components(backend, components.extractor, components.tokenizer, components.answers)
+    return TestClient(create_app(tiny_settings(tmp, checkpoint), parts), raise_server_exceptions=False)
+
+
+def assert_same_answer(a: dict, b: dict) -> None:
+    """Same labels in the same order; scores equal to float32 export precision."""
+
+    def flat(x):
+        if isinstance(x, dict):
+            return {k: flat(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [flat(v) for v in x]
+        return x
+
+    def scores(x, out):
+        if isinstance(x, dict):
+            for k, v in sorted(x.items()):
+                if isinstance(v, float):
+                    out.append(v)
+                else:
+                    scores(v, out)
+        elif isinstance(x, list):
+            for v in x:
+                scores(v, out)
+        return out
+
+    def strip(x):
+        if isinstance(x, dict):
+            return {k: strip(v) for k, v in x.items() if not isinstance(v, float)}
+        if isinstance(x, list):
+            return [strip(v) for v in x]
+        return x
+
+    assert strip(flat(a)) == strip(flat(b))
+    assert scores(a, []) == pytest.approx(scores(b, []), abs=2e-4)
+
+
+@pytest.mark.slow
+def test_local_onnx_backend_matches_torch(onnx_repo, components, tmp_path, tiny_checkpoint, pngs):
+    local = OnnxBackend(onnx_repo, threads=1)
+    assert local.ready() == dict.fromkeys(graph_names(), True)
+    torch_client = app_for(components.backend, components, tmp_path / "t", tiny_checkpoint)
+    onnx_client = app_for(local, components, tmp_path / "o", tiny_checkpoint)
+    for task in TASKS:
+        body = task_body(task, pngs[1])
+        a = torch_client.post(f"/{task.endpoint}", json=body)
+        b = onnx_client.post(f"/{task.endpoint}", json=body)
+        assert a.status_code == b.status_code == 200, (task.slug, b.text)
+        assert_same_answer(a.json(), b.json())
+
+
+@pytest.mark.slow
+def test_local_backend_missing_graphs(onnx_repo, tmp_path):
+    with pytest.raises(BackendError, match="trunk"):
+        OnnxBackend(tmp_path)
+    partial = tmp_path / "partial"
+    (partial / "trunk" / "1").mkdir(parents=True)
+    (partial / "trunk" / "1" / "model.onnx").write_bytes(
+        (onnx_repo / "trunk" / "1" / "model.onnx").read_bytes()
+    )
+    backend = OnnxBackend(partial)
+    ready = backend.ready()
+    assert ready["trunk"] and not ready["head_answer"]
+    with pytest.raises(BackendError, match="head_answer"):
+        backend.infer("head_answer", {"fused": np.zeros((1, 32), np.float32)})
+
+
+class FakeTritonClient:
+    """tritonclient.http.InferenceServerClient's surface, answering from the torch graphs."""
+
+    def __init__(self, backend: TorchBackend, down: set[str] | None = None) -> None:
+        self.backend = backend
+        self.down = down or set()
+        self.request_ids: list[str] = []
+
+    def get_model_metadata(self, model: str) -> dict:
+        from export.spec import build_spec
+
+        graph = build_spec(self.backend.model.config).graph(model)
+        return {
+            "inputs": [{"name": t.name} for t in graph.inputs],
+            "outputs": [{"name": t.name} for t in graph.outputs],
+        }
+
+    def infer(self, model, inputs, outputs=None, request_id=""):
+        if model in self.down:
+            raise RuntimeError(f"[StatusCode.UNAVAILABLE] model {model} is not ready")
+        self.request_ids.append(request_id)
+        arrays = {}
+        for item in inputs:
+            dtype = {"FP32": np.float32, "INT64": np.int64}[item.datatype()]
+            arrays[item.name()] = np.frombuffer(item._get_binary_data(), dtype=dtype).reshape(item.shape())
+        result = self.backend.infer(model, arrays)
+
+        class Result:
+            def as_numpy(self, name):
+                return result[name]
+
+        return Result()
+
+    def is_model_ready(self, model: str) -> bool:
+        return model not in self.down
+
+    def close(self) -> None:
+        pass
+
+
+def test_triton_backend_matches_torch(components, tmp_path, tiny_checkpoint, pngs):
+    fake = FakeTritonClient(components.backend)
+    triton = TritonBackend("127.0.0.1:1", client=fake)
+    assert triton.ready() == dict.fromkeys(graph_names(), True)
+    torch_client = app_for(components.backend, components, tmp_path / "t", tiny_checkpoint)
+    triton_client = app_for(triton, components, tmp_path / "r", tiny_checkpoint)
+    for task in TASKS:
+        body = task_body(task, pngs[1])
+        a = torch_client.post(f"/{task.endpoint}", json=body)
+        b = triton_client.post(f"/{task.endpoint}", json=body, headers={"X-Request-ID": f"req-{task.slug}"})
+        assert a.status_code == b.status_code == 200, (task.slug, b.text)
+        assert_same_answer(a.json(), b.json())
+    assert "req-vqa" in fake.request_ids  # the gateway's request id travels to Triton
+
+
+def test_triton_model_down_is_503_and_not_ready(components, tmp_path, tiny_checkpoint, pngs):
+    fake = FakeTritonClient(components.backend, down={"head_answer"})
+    client = app_for(TritonBackend("x", client=fake), components, tmp_path, tiny_checkpoint)
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.json()["models"]["head_answer"] is False
+    r = client.post("/vqa", json=task_body(TASKS[0], pngs[0]))
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert (
+        client.post(
+            "/verify", json=task_body(next(t for t in TASKS if t.slug == "snli_ve"), pngs[0])
+        ).status_code
+        == 200
+    )
+
+
+def test_unreachable_triton_is_not_ready():
+    backend = TritonBackend("127.0.0.1:9", timeout_s=0.5)
+    assert not any(backend.ready().values())
+    with pytest.raises(BackendError):
+        backend.infer("trunk", {})
+    backend.close()
