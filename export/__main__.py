@@ -26,11 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=[b.value for b in Backend], default="python")
     p.add_argument("--version", type=int, default=1, help="model version folder")
     p.add_argument("--detector", type=Path, help="detector weights (.safetensors with its preset JSON)")
-    p.add_argument("--data", type=Path, help="synthetic world for the metric gate (default: the training root)")
+    p.add_argument(
+        "--data", type=Path, help="synthetic world for the metric gate (default: the training root)"
+    )
     p.add_argument("--skip-metric", action="store_true", help="gate on generated inputs only")
     p.add_argument("--max-examples", type=int, default=64, help="examples per task for the metric gate")
     p.add_argument("--no-int8-report", action="store_true", help="fp32 exports: do not measure int8")
-    p.add_argument("--threads", type=int, default=0, help="torch/onnxruntime threads for the gate (0: torch's)")
+    p.add_argument(
+        "--threads", type=int, default=0, help="torch/onnxruntime threads for the gate (0: torch's)"
+    )
     d = Deployment()
     p.add_argument("--max-batch-size", type=int, default=d.max_batch_size)
     p.add_argument("--queue-delay-us", type=int, default=d.queue_delay_us)
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from export.pipeline import ExportOptions, ExportSkipped, GateFailed, Precision, run_export
+    from export.pipeline import ExportOptions, ExportSkippedError, ParityGateError, Precision, run_export
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,10 +83,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         outcome = run_export(options)
-    except ExportSkipped as exc:
+    except ExportSkippedError as exc:
         print(str(exc), file=sys.stderr)
         return 3
-    except GateFailed as exc:
+    except ParityGateError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except (FileNotFoundError, ValueError, KeyError) as exc:

@@ -57,7 +57,9 @@ def compare(golden: Path = GOLDEN_DIR) -> list[str]:
     with tempfile.TemporaryDirectory() as tmp:
         fresh_root = Path(tmp)
         fresh = {p.relative_to(fresh_root) for p in render_goldens(fresh_root)}
-        committed = {p.relative_to(golden) for p in golden.rglob("*") if p.is_file()} if golden.is_dir() else set()
+        committed = (
+            {p.relative_to(golden) for p in golden.rglob("*") if p.is_file()} if golden.is_dir() else set()
+        )
         problems = [f"missing golden: {p}" for p in sorted(fresh - committed)]
         problems += [f"stale golden (no longer generated): {p}" for p in sorted(committed - fresh)]
         for rel in sorted(fresh & committed):
@@ -86,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     problems = compare(args.golden)
     if problems:
         print("\n".join(problems))
-        print(f"\nexport goldens drifted ({len(problems)} files): run `python -m export.check --fix` and review the diff")
+        print(
+            f"\nexport goldens drifted ({len(problems)} files): "
+            "run `python -m export.check --fix` and review the diff"
+        )
         return 1
     print(f"export goldens up to date ({args.golden})")
     return 0

@@ -31,7 +31,6 @@ from export.spec import (
     BATCH,
     BOXES,
     HEIGHT,
-    LOCATION_DIM,
     MIN_TEXT_TOKENS,
     REGIONS,
     TEXT,
@@ -324,7 +323,9 @@ def optimize_onnx(src: Path, dst: Path, level: str) -> Path:
     so.graph_optimization_level = levels[level]
     so.optimized_model_filepath = str(dst)
     if src.stat().st_size > EXTERNAL_DATA_BYTES:
-        so.add_session_config_entry("session.optimized_model_external_initializers_file_name", dst.name + ".data")
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", dst.name + ".data"
+        )
     dst.parent.mkdir(parents=True, exist_ok=True)
     ort.InferenceSession(str(src), so, providers=["CPUExecutionProvider"])
     return dst

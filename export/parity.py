@@ -41,7 +41,9 @@ INT8_METRIC_POINTS = 1.0  # int8 metric within this many points of PyTorch's
 # ---------------------------------------------------------------------------------------------
 
 
-def task_inputs(spec: ExportSpec, task: Task, rng: np.random.Generator, batch: int = 2) -> dict[str, np.ndarray]:
+def task_inputs(
+    spec: ExportSpec, task: Task, rng: np.random.Generator, batch: int = 2
+) -> dict[str, np.ndarray]:
     """Trunk inputs for `batch` examples of `task` at its table shape: N = batch x images rows."""
     cfg = spec.config
     sizes = {
@@ -151,7 +153,9 @@ def metric_dataset(task: Task, root: Path, max_examples: int) -> MetricData:
     return MetricData(test, names["test"])
 
 
-def task_metric(model, task: Task, data: MetricData, max_examples: int, batch_size: int = 32) -> dict[str, float]:
+def task_metric(
+    model, task: Task, data: MetricData, max_examples: int, batch_size: int = 32
+) -> dict[str, float]:
     from training.evaluation import evaluate_task
 
     return evaluate_task(model, task, data.dataset, batch_size=batch_size, max_examples=max_examples)
@@ -243,7 +247,9 @@ def run_gate(
         if not diff <= tolerance:  # also catches NaN
             row.failures.append(f"fp32 max |diff| {diff:.3g} > {tolerance:g}")
         if int8 is not None:
-            row.max_abs_diff_int8, _ = generated_diff(model, int8, task, np.random.default_rng(seed + task.task_id))
+            row.max_abs_diff_int8, _ = generated_diff(
+                model, int8, task, np.random.default_rng(seed + task.task_id)
+            )
         if data_root is not None:
             data = metric_dataset(task, data_root, max_examples)
             row.split, row.split_note = data.split, data.note
@@ -313,9 +319,7 @@ def detector_parity(
         pooled = torch.cat([pooled, box_geometry([boxes], sizes)], dim=1)
     ref = detector.box_head_outputs(features, [boxes], sizes)
     got = graphs.run(DETECTOR_BOX_HEAD, {"box_inputs": pooled.numpy()})
-    pairs = zip(
-        got.values(), (ref.features, ref.fc7, ref.class_logits, ref.box_regression)
-    )
+    pairs = zip(got.values(), (ref.features, ref.fc7, ref.class_logits, ref.box_regression))
     diffs = [(float(np.abs(a - b.numpy()).max()), float(np.abs(b.numpy()).max())) for a, b in pairs]
     out.append(DetectorParity(DETECTOR_BOX_HEAD, max(d for d, _ in diffs), max(s for _, s in diffs)))
     for row in out:

@@ -29,9 +29,10 @@ from export.parity import FP32_TOLERANCE, INT8_METRIC_POINTS, run_gate
 from export.report import write_report
 from export.repository import write_repository
 from export.runtime import OnnxGraphs
-from export.spec import GraphKind, build_spec
+from export.spec import ExportSpec, GraphKind, build_spec
 from export.triton_config import Backend, Deployment
 from vilbert.checkpoint import load_checkpoint
+from vilbert.heads import MultiTaskViLBERT
 
 
 class Precision(enum.StrEnum):
@@ -40,11 +41,11 @@ class Precision(enum.StrEnum):
     FP16 = "fp16"  # CUDA hosts only
 
 
-class ExportSkipped(RuntimeError):
+class ExportSkippedError(RuntimeError):
     """The requested rendering needs hardware or software this machine does not have."""
 
 
-class GateFailed(RuntimeError):
+class ParityGateError(RuntimeError):
     """The parity gate failed; no repository was written."""
 
 
@@ -80,7 +81,7 @@ def check_supported(precision: Precision, backend: Backend) -> None:
     needs_cuda = precision is Precision.FP16 or backend is Backend.TENSORRT
     if needs_cuda and not cuda_available():
         what = "fp16" if precision is Precision.FP16 else "TensorRT engines"
-        raise ExportSkipped(
+        raise ExportSkippedError(
             f"skipped: {what} need a CUDA device (torch.cuda.is_available() is False or onnxruntime has "
             "no CUDAExecutionProvider). Export fp32/int8 here, or run this on a GPU host."
         )
@@ -88,7 +89,7 @@ def check_supported(precision: Precision, backend: Backend) -> None:
         try:
             import tensorrt  # noqa: F401
         except ImportError as exc:
-            raise ExportSkipped("skipped: TensorRT engines need the `tensorrt` Python package") from exc
+            raise ExportSkippedError("skipped: TensorRT engines need the `tensorrt` Python package") from exc
 
 
 def _data_root(opts: ExportOptions, meta: dict) -> Path | None:
@@ -103,25 +104,48 @@ def _data_root(opts: ExportOptions, meta: dict) -> Path | None:
     return Path(root)
 
 
-def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportOutcome:
-    backend = opts.deployment.backend
-    check_supported(opts.precision, backend)
-    started = time.perf_counter()
-    ck = load_checkpoint(opts.checkpoint)
-    model = ck.model.eval()
-    cfg = model.config
-    data_root = _data_root(opts, ck.meta)
+@dataclass
+class ExportedGraphs:
+    """The ONNX files of one export, before the gate: what is served in fp32 and in int8."""
+
+    spec: ExportSpec
+    work: Path
+    basic: dict[str, Path]  # provider-independent fp32 (GPU renderings, int8 and fp16 sources)
+    fp32: dict[str, Path]  # the fp32 graphs as served by the chosen backend
+    int8: dict[str, Path] | None
+    stats: dict[str, dict]
+    seconds: float
+
+
+@dataclass
+class Loaded:
+    """A checkpoint (and optional detector) ready to export."""
+
+    model: MultiTaskViLBERT
+    answers: dict[str, list[str]]
+    meta: dict
+    detector: torch.nn.Module | None
+    spec: ExportSpec
+
+
+def load_inputs(checkpoint: Path, detector_weights: Path | None = None) -> Loaded:
+    ck = load_checkpoint(checkpoint)
     detector = None
-    if opts.detector is not None:
+    if detector_weights is not None:
         from regions.detector import load_detector
 
-        detector = load_detector(opts.detector).eval()
-    spec = build_spec(cfg, detector_dims(detector) if detector is not None else None)
-    out = Path(opts.out)
-    work = out.with_name(f".{out.name}.work")
-    shutil.rmtree(work, ignore_errors=True)
-    want_int8 = opts.precision is Precision.INT8 or (opts.measure_int8 and backend is not Backend.TENSORRT)
+        detector = load_detector(detector_weights).eval()
+    spec = build_spec(ck.model.config, detector_dims(detector) if detector is not None else None)
+    return Loaded(ck.model.eval(), ck.answers, ck.meta, detector, spec)
 
+
+def export_graphs(
+    loaded: Loaded, work: Path, backend: Backend, int8: bool, log: Callable[[str], None] = print
+) -> ExportedGraphs:
+    """Every graph of the spec to ONNX, optimised for `backend`, and (if `int8`) quantized."""
+    started = time.perf_counter()
+    spec, cfg = loaded.spec, loaded.model.config
+    shutil.rmtree(work, ignore_errors=True)
     served_fp32: dict[str, Path] = {}
     served_int8: dict[str, Path] = {}
     basic: dict[str, Path] = {}
@@ -129,8 +153,10 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> Expor
     log(f"exporting {len(spec.graphs)} graphs of the {cfg.preset} model to ONNX ...")
     for graph in spec.graphs:
         t0 = time.perf_counter()
-        module = graph_module(graph, model, detector)
-        raw = export_onnx(module, graph, work / "exported" / f"{graph.name}.onnx", cfg.max_position_embeddings)
+        module = graph_module(graph, loaded.model, loaded.detector)
+        raw = export_onnx(
+            module, graph, work / "exported" / f"{graph.name}.onnx", cfg.max_position_embeddings
+        )
         basic[graph.name] = optimize_onnx(raw, work / "basic" / f"{graph.name}.onnx", "basic")
         if backend is Backend.PYTHON:  # CPU-only rendering: keep the CPU fusions offline
             served_fp32[graph.name] = optimize_onnx(raw, work / "cpu" / f"{graph.name}.onnx", "extended")
@@ -138,63 +164,97 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> Expor
             served_fp32[graph.name] = basic[graph.name]
         # The detector stays fp32 in int8 repositories: dynamic quantization targets matmuls, and
         # the convolutional backbone is where region features come from.
-        if want_int8 and graph.kind is not GraphKind.DETECTOR:
+        if int8 and graph.kind is not GraphKind.DETECTOR:
             served_int8[graph.name] = quantize_int8(basic[graph.name], work / "int8" / f"{graph.name}.onnx")
-        elif want_int8:
+        elif int8:
             served_int8[graph.name] = served_fp32[graph.name]
         weights, nodes = _graph_size(served_fp32[graph.name])
-        stats[graph.name] = {
+        row = stats[graph.name] = {
             "parameters": weights,
             "nodes": nodes,
             "bytes_exported": file_bytes(raw),
             "bytes_fp32": file_bytes(served_fp32[graph.name]),
-            "bytes_int8": file_bytes(served_int8[graph.name]) if want_int8 else None,
+            "bytes_int8": file_bytes(served_int8[graph.name]) if int8 else None,
             "export_seconds": round(time.perf_counter() - t0, 2),
         }
         log(
-            f"  {graph.name:<18} {stats[graph.name]['parameters']:>12,} params  "
-            f"fp32 {stats[graph.name]['bytes_fp32'] / 1e6:8.2f} MB"
-            + (f"  int8 {stats[graph.name]['bytes_int8'] / 1e6:8.2f} MB" if want_int8 else "")
-            + f"  ({stats[graph.name]['export_seconds']:.1f} s)"
+            f"  {graph.name:<18} {row['parameters']:>12,} weights  fp32 {row['bytes_fp32'] / 1e6:8.2f} MB"
+            + (f"  int8 {row['bytes_int8'] / 1e6:8.2f} MB" if int8 else "")
+            + f"  ({row['export_seconds']:.1f} s)"
         )
-    export_seconds = time.perf_counter() - started
+    return ExportedGraphs(
+        spec, work, basic, served_fp32, served_int8 if int8 else None, stats, time.perf_counter() - started
+    )
 
+
+def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> ExportOutcome:
+    """The whole export: load, export graphs, gate, write repository and report."""
+    backend = opts.deployment.backend
+    check_supported(opts.precision, backend)
+    loaded = load_inputs(opts.checkpoint, opts.detector)
+    data_root = _data_root(opts, loaded.meta)
+    out = Path(opts.out)
+    want_int8 = opts.precision is Precision.INT8 or (opts.measure_int8 and backend is not Backend.TENSORRT)
+    exported = export_graphs(loaded, out.with_name(f".{out.name}.work"), backend, want_int8, log)
+    return finish_export(opts, loaded, exported, data_root, log)
+
+
+def finish_export(
+    opts: ExportOptions,
+    loaded: Loaded,
+    exported: ExportedGraphs,
+    data_root: Path | None,
+    log: Callable[[str], None] = print,
+) -> ExportOutcome:
+    """Gate the exported graphs; write the repository only if the gate passes; always the report."""
+    started = time.perf_counter()
+    backend = opts.deployment.backend
+    spec, cfg, out = exported.spec, loaded.model.config, Path(opts.out)
     log("parity gate ...")
     threads = max(1, torch.get_num_threads())
     gate = run_gate(
-        model,
-        OnnxGraphs(spec, served_fp32, threads),
-        OnnxGraphs(spec, served_int8, threads) if want_int8 else None,
+        loaded.model,
+        OnnxGraphs(spec, exported.fp32, threads),
+        OnnxGraphs(spec, exported.int8, threads) if exported.int8 is not None else None,
         gate_int8=opts.precision is Precision.INT8,
         data_root=data_root,
         max_examples=opts.max_examples,
         tolerance=opts.tolerance,
         int8_points=opts.int8_points,
-        detector=detector,
+        detector=loaded.detector,
         log=log,
     )
-
-    files = served_int8 if opts.precision is Precision.INT8 else served_fp32
+    if opts.precision is Precision.INT8:
+        assert exported.int8 is not None
+        files = exported.int8
+    else:
+        files = exported.fp32
     notes: list[str] = []
     if gate.passed and opts.precision is Precision.FP16:
         from export.graphs import convert_fp16
 
         files = {
-            name: convert_fp16(path, work / "fp16" / path.name) if spec.graph(name).kind is not GraphKind.DETECTOR else path
-            for name, path in basic.items()
+            name: path
+            if spec.graph(name).kind is GraphKind.DETECTOR
+            else convert_fp16(path, exported.work / "fp16" / path.name)
+            for name, path in exported.basic.items()
         }
         notes.append("fp16 graphs are converted after the fp32 gate; their parity is not gated here.")
     if gate.passed and backend is Backend.TENSORRT:
         from export.tensorrt import build_engines
 
-        files = build_engines(spec, files, work / "plans", fp16=opts.precision is Precision.FP16)
-        notes.append("TensorRT engines are built from the gated ONNX graphs; engine parity is not gated here.")
+        files = build_engines(spec, files, exported.work / "plans", fp16=opts.precision is Precision.FP16)
+        notes.append(
+            "TensorRT engines are built from the gated ONNX graphs; engine parity is not gated here."
+        )
 
+    stats = exported.stats
+    has_int8 = exported.int8 is not None
     totals = {
         "parameters": sum(s["parameters"] for s in stats.values()),
         "bytes_exported": sum(s["bytes_exported"] for s in stats.values()),
         "bytes_fp32": sum(s["bytes_fp32"] for s in stats.values()),
-        "bytes_int8": sum(s["bytes_int8"] for s in stats.values()) if want_int8 else None,
+        "bytes_int8": sum(s["bytes_int8"] for s in stats.values()) if has_int8 else None,
     }
     report = {
         "preset": cfg.preset,
@@ -206,7 +266,7 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> Expor
         "tolerance": opts.tolerance,
         "int8_points": opts.int8_points,
         "data_root": str(data_root) if data_root else None,
-        "seconds": {"export": round(export_seconds, 2)},
+        "seconds": {"export": round(exported.seconds, 2)},
         "gate": gate.as_dict() | {"failures": gate.failures()},
         "graphs": stats,
         "totals": totals,
@@ -223,14 +283,14 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> Expor
             "versions": report["versions"],
         }
         repository = write_repository(
-            out, spec, opts.deployment, files, version=opts.version, answers=ck.answers, manifest=manifest
+            out, spec, opts.deployment, files, version=opts.version, answers=loaded.answers, manifest=manifest
         )
-    report["seconds"]["total"] = round(time.perf_counter() - started, 2)
+    report["seconds"]["gate_and_write"] = round(time.perf_counter() - started, 2)
     json_path, md_path = write_report(out, report)
     if not opts.keep_work and gate.passed:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.rmtree(exported.work, ignore_errors=True)
     if not gate.passed:
-        raise GateFailed(
+        raise ParityGateError(
             f"parity gate failed ({len(gate.failures())} checks); repository not written; see {md_path}\n  "
             + "\n  ".join(gate.failures()[:12])
         )

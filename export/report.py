@@ -26,8 +26,8 @@ def render_markdown(report: dict) -> str:
         f"# Export parity report — {report['preset']} ({status})",
         "",
         f"- checkpoint: `{report['checkpoint']}`",
-        f"- repository: `{report['repository']}` (backend `{report['backend']}`, precision `{report['precision']}`, "
-        f"version {report['version']})",
+        f"- repository: `{report['repository']}` (backend `{report['backend']}`, "
+        f"precision `{report['precision']}`, version {report['version']})",
         f"- gate: fp32 max |diff| <= {report['tolerance']:g} on generated inputs; metric unchanged in fp32"
         + (f", within {report['int8_points']:g} point in int8" if gate["gated_precision"] == "int8" else "")
         + ("" if gate["metric_measured"] else " — **metric part skipped (no data root)**"),
@@ -36,7 +36,8 @@ def render_markdown(report: dict) -> str:
         "",
         "## Tasks",
         "",
-        "| task | head | logits | max diff fp32 | max diff int8 | metric | split | examples | PyTorch | fp32 | int8 |",
+        "| task | head | logits | max diff fp32 | max diff int8 | metric | split | examples "
+        "| PyTorch | fp32 | int8 |",
         "|---|---|---|---:|---:|---|---|---:|---:|---:|---:|",
     ]
     for t in gate["tasks"]:
@@ -44,7 +45,8 @@ def render_markdown(report: dict) -> str:
             f"| {t['task']}{'' if t['passed'] else ' **FAIL**'} | {t['head']} | {tuple(t['logits_shape'])} "
             f"| {t['max_abs_diff_fp32']:.2e} | {_num(t['max_abs_diff_int8'], '.2e')} | {t['metric']} "
             f"| {t['split'] or '—'}{' *' if t['split_note'] else ''} | {t['examples']} "
-            f"| {_num(t['metric_torch'], '.2f')} | {_num(t['metric_fp32'], '.2f')} | {_num(t['metric_int8'], '.2f')} |"
+            f"| {_num(t['metric_torch'], '.2f')} | {_num(t['metric_fp32'], '.2f')} "
+            f"| {_num(t['metric_int8'], '.2f')} |"
         )
     notes = sorted({f"{t['task']}: {t['split_note']}" for t in gate["tasks"] if t["split_note"]})
     if notes:
@@ -62,12 +64,14 @@ def render_markdown(report: dict) -> str:
     ]
     for name, g in report["graphs"].items():
         lines.append(
-            f"| {name} | {g['parameters']:,} | {g['nodes']} | {_mb(g['bytes_exported'])} | {_mb(g['bytes_fp32'])} "
+            f"| {name} | {g['parameters']:,} | {g['nodes']} | {_mb(g['bytes_exported'])} "
+            f"| {_mb(g['bytes_fp32'])} "
             f"| {_mb(g.get('bytes_int8'))} | {g['export_seconds']:.1f} |"
         )
     totals = report["totals"]
     lines.append(
-        f"| **total** | {totals['parameters']:,} | | {_mb(totals['bytes_exported'])} | {_mb(totals['bytes_fp32'])} "
+        f"| **total** | {totals['parameters']:,} | | {_mb(totals['bytes_exported'])} "
+        f"| {_mb(totals['bytes_fp32'])} "
         f"| {_mb(totals.get('bytes_int8'))} | |"
     )
     if gate["failures"]:

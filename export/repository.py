@@ -82,7 +82,9 @@ def _place(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def write_model(root: Path, graph: GraphSpec, spec: ExportSpec, dep: Deployment, file: Path, version: int) -> Path:
+def write_model(
+    root: Path, graph: GraphSpec, spec: ExportSpec, dep: Deployment, file: Path, version: int
+) -> Path:
     """One model folder: config.pbtxt and <version>/ with the graph (and model.py for python)."""
     folder = root / graph.name
     vdir = folder / str(version)
@@ -168,5 +170,6 @@ def read_manifest(repository: Path) -> dict:
 def read_answers(repository: Path) -> dict[str, list[str]]:
     manifest = read_manifest(repository)
     return {
-        v: json.loads((Path(repository) / answers_file(v)).read_text()) for v in manifest["answer_vocabularies"]
+        v: json.loads((Path(repository) / answers_file(v)).read_text())
+        for v in manifest["answer_vocabularies"]
     }

@@ -44,7 +44,9 @@ class OnnxGraphs:
         repository = Path(repository)
         manifest = read_manifest(repository)
         if manifest["backend"] == "tensorrt":
-            raise ValueError(f"{repository} holds TensorRT plans; onnxruntime needs a python/onnxruntime rendering")
+            raise ValueError(
+                f"{repository} holds TensorRT plans; onnxruntime needs a python/onnxruntime rendering"
+            )
         spec = build_spec(ViLBERTConfig.from_dict(manifest["model_config"]))
         files = {name: repository / entry["file"] for name, entry in manifest["models"].items()}
         return cls(spec, files, threads)

@@ -255,7 +255,9 @@ def detector_graphs(det: DetectorDims) -> tuple[GraphSpec, GraphSpec]:
         kind=GraphKind.DETECTOR,
         inputs=(TensorSpec("images", DType.FP32, (BATCH, 3, HEIGHT, WIDTH)),),
         outputs=tuple(
-            TensorSpec(f"fpn_{level}", DType.FP32, (BATCH, det.fpn_channels, f"{HEIGHT}_{level}", f"{WIDTH}_{level}"))
+            TensorSpec(
+                f"fpn_{level}", DType.FP32, (BATCH, det.fpn_channels, f"{HEIGHT}_{level}", f"{WIDTH}_{level}")
+            )
             for level in det.fpn_levels
         ),
         batched=False,

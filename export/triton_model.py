@@ -51,7 +51,9 @@ class TritonPythonModel:
         self.name = config["name"]
         self.batched = int(config.get("max_batch_size", 0)) > 0
         self.inputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["input"]]
-        self.outputs = [(t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]]
+        self.outputs = [
+            (t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]
+        ]
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(_parameter(config, "intra_op_num_threads", "1"))
         options.inter_op_num_threads = 1
@@ -68,7 +70,10 @@ class TritonPythonModel:
         arrays = []
         for request in requests:
             arrays.append(
-                [pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(dt, copy=False) for name, dt in self.inputs]
+                [
+                    pb_utils.get_input_tensor_by_name(request, name).as_numpy().astype(dt, copy=False)
+                    for name, dt in self.inputs
+                ]
             )
         responses: list = [None] * len(requests)
         groups: dict[tuple, list[int]] = {}

@@ -98,7 +98,8 @@ class FitConfig:
     eval_batch_size: int = 64
     tensorboard: bool = True
     final_eval: bool = True  # evaluate every task's test split at the end (metrics.md / metrics.json)
-    final_eval_max_examples: int | None = None  # cap per task (retrieval: captions, all images kept)
+    final_eval_max_examples: int | None = None  # cap per task (test split examples)
+    final_eval_max_captions: int | None = None  # retrieval: captions ranked against all test images
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -369,6 +369,7 @@ class Trainer:
                     cfg.eval_batch_size,
                     self.tokens,
                     cfg.final_eval_max_examples,
+                    cfg.final_eval_max_captions,
                 )
                 (self.out / "metrics.json").write_text(json.dumps(rows, indent=2))
                 (self.out / "metrics.md").write_text(metrics_markdown(rows))

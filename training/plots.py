@@ -14,17 +14,17 @@ import matplotlib.pyplot as plt
 def plot_dsg(history, path: Path) -> Path:
     """Validation score per task over iterations; thick = go, thin = stop (as in the paper)."""
     fig, ax = plt.subplots(figsize=(10, 5.5))
-    for slug, points in sorted(history.val.items()):
+    palette = plt.get_cmap("tab20").colors  # 12 tasks: tab10 would repeat colours
+    for k, (slug, points) in enumerate(sorted(history.val.items())):
         stopped = dict(history.stopped.get(slug, []))
-        color = None
+        color = palette[(2 * k) % 20 if k < 10 else (2 * k + 1) % 20]
+        first = True
         for (s0, v0), (s1, v1) in itertools.pairwise(points):
             lw = 0.8 if stopped.get(s0, False) else 2.6
-            (line,) = ax.plot(
-                [s0, s1], [v0, v1], linewidth=lw, color=color, label=slug if color is None else None
-            )
-            color = line.get_color()
+            ax.plot([s0, s1], [v0, v1], linewidth=lw, color=color, label=slug if first else None)
+            first = False
         if len(points) == 1:
-            ax.plot([points[0][0]], [points[0][1]], "o", label=slug)
+            ax.plot([points[0][0]], [points[0][1]], "o", color=color, label=slug)
     ax.set_xlabel("iteration")
     ax.set_ylabel("validation score")
     ax.set_title("Dynamic stop-and-go: thick = go, thin = stop (updates every iter-gap)")

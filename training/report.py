@@ -42,7 +42,9 @@ def final_metrics(
                 row["error"] = f"{split}: {exc}"
                 continue
             row.pop("error", None)
-            row.update(split=split, **evaluate_task(model, task, ds, batch_size, max_examples, token_map=token_map))
+            row.update(split=split, **evaluate_task(model, task, ds, batch_size,
+                                                   max_captions if task.readout is Readout.RANK_IMAGES
+                                                   else max_examples, token_map=token_map))
             if task.readout is Readout.RANK_IMAGES and which == "test":
                 row["chance"] = 100.0 / max(1, ds.score_shape[1])
             break
