@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--skip-metric", action="store_true", help="gate on generated inputs only")
     p.add_argument("--max-examples", type=int, default=64, help="examples per task for the metric gate")
+    p.add_argument(
+        "--int8-points", type=float, default=1.0, help="int8 gate: metric within this many points of PyTorch"
+    )
     p.add_argument("--no-int8-report", action="store_true", help="fp32 exports: do not measure int8")
     p.add_argument(
         "--threads", type=int, default=0, help="torch/onnxruntime threads for the gate (0: torch's)"
@@ -78,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root=args.data,
         skip_metric=args.skip_metric,
         max_examples=args.max_examples,
+        int8_points=args.int8_points,
         measure_int8=not args.no_int8_report,
         keep_work=args.keep_work,
     )

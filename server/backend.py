@@ -88,7 +88,8 @@ class TorchBackend:
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None) -> Arrays:
         torch = self._torch
-        t = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
+        # np.require copies read-only buffers (e.g. decoded wire tensors): torch wants writable memory.
+        t = {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in inputs.items()}
         with self._lock, torch.inference_mode():
             torch.set_num_threads(self.threads)
             if model == TRUNK:
@@ -141,15 +142,17 @@ class TorchBackend:
 
 
 def find_onnx(repository: Path, model: str) -> Path | None:
-    """A graph's ONNX file in the Triton layout (``<repo>/<model>/1/model.onnx``) or flat beside it."""
-    for candidate in (
-        repository / model / "1" / "model.onnx",
-        repository / model / "model.onnx",
-        repository / f"{model}.onnx",
-    ):
-        if candidate.is_file():
-            return candidate
-    return None
+    """A graph's ONNX file: the highest numeric version of the Triton layout
+    (``<repo>/<model>/<version>/model.onnx``), else a flat ``<repo>/<model>.onnx``."""
+    versions = (
+        [p for p in (repository / model).glob("*/model.onnx") if p.parent.name.isdigit()]
+        if (repository / model).is_dir()
+        else []
+    )
+    if versions:
+        return max(versions, key=lambda p: int(p.parent.name))
+    flat = repository / f"{model}.onnx"
+    return flat if flat.is_file() else None
 
 
 class OnnxBackend:

@@ -63,4 +63,5 @@ def load_components(settings: Settings) -> Components:
     extractor = RegionExtractor(load_detector(settings.detector_weights), batch_size=1)
     log.info("loading %s backend", settings.backend)
     backend = build_backend(settings)
-    return Components(backend, extractor, load_tokenizer(), read_answers(settings.checkpoint))
+    answers = read_answers(settings.checkpoint, settings.model_repository)
+    return Components(backend, extractor, load_tokenizer(), answers)

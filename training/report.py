@@ -27,6 +27,8 @@ def final_metrics(
     loader_cfg: LoaderConfig,
     batch_size: int = 64,
     token_map: dict[int, int] | None = None,
+    max_examples: int | None = None,
+    max_captions: int | None = None,
 ) -> dict[str, dict]:
     """Test metric per task (val where a dataset has no test split, e.g. VG QA)."""
     tokenizer = load_tokenizer()
@@ -42,9 +44,17 @@ def final_metrics(
                 row["error"] = f"{split}: {exc}"
                 continue
             row.pop("error", None)
-            row.update(split=split, **evaluate_task(model, task, ds, batch_size,
-                                                   max_captions if task.readout is Readout.RANK_IMAGES
-                                                   else max_examples, token_map=token_map))
+            row.update(
+                split=split,
+                **evaluate_task(
+                    model,
+                    task,
+                    ds,
+                    batch_size,
+                    max_captions if task.readout is Readout.RANK_IMAGES else max_examples,
+                    token_map=token_map,
+                ),
+            )
             if task.readout is Readout.RANK_IMAGES and which == "test":
                 row["chance"] = 100.0 / max(1, ds.score_shape[1])
             break

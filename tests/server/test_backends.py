@@ -54,7 +54,7 @@ def assert_same_answer(a: dict, b: dict) -> None:
 
     def scores(x, out):
         if isinstance(x, dict):
-            for k, v in sorted(x.items()):
+            for _, v in sorted(x.items()):
                 if isinstance(v, float):
                     out.append(v)
                 else:

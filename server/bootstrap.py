@@ -1,0 +1,141 @@
+"""`python -m server.bootstrap`: what `make serve` runs.  Build the demo model if missing, then serve.
+
+Steps (each skipped when its output exists, so a second start goes straight to serving):
+
+1. synthetic world            python -m training.synthetic --out data/synthetic --size demo
+2. detector                   python -m regions.train --data data/synthetic --out artifacts/detector
+3. region features            python -m regions.extract --weights <detector> --jobs data/synthetic
+4. all-task demo training     python -m training.fit --config training/configs/demo.yaml [--resume]
+5. export                     python -m export --checkpoint runs/demo/model --out model_repository
+6. serve                      Triton on the repository (``--backend triton``, the default) + the gateway,
+                              or the gateway alone with onnxruntime in-process (``--backend local``).
+
+Every step streams its own progress; a failed step stops here with its exit status and the command
+to rerun by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAMPS = ROOT / "artifacts" / ".serve"
+
+
+@dataclass(frozen=True)
+class Paths:
+    world: Path = ROOT / "data" / "synthetic"
+    detector: Path = ROOT / "artifacts" / "detector" / "synthetic-detector.safetensors"
+    checkpoint: Path = ROOT / "runs" / "demo" / "model"
+    repository: Path = ROOT / "model_repository"
+    cache: Path = ROOT / "artifacts" / "region-cache"
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    command: list[str]
+    done: Path  # exists when the step's output is complete
+    stamp: bool = False  # the step has no single output file: write `done` after success
+
+
+def steps(p: Paths) -> list[Step]:
+    py = sys.executable
+    fit = [py, "-m", "training.fit", "--config", "training/configs/demo.yaml"]
+    if (p.checkpoint.parent / "checkpoints").is_dir():
+        fit.append("--resume")  # an interrupted training run continues instead of starting over
+    return [
+        Step(
+            "synthetic world (all 12 datasets)",
+            [py, "-m", "training.synthetic", "--out", str(p.world), "--size", "demo"],
+            p.world / "summary.md",
+        ),
+        Step(
+            "detector (about 15 minutes)",
+            [py, "-m", "regions.train", "--data", str(p.world), "--out", str(p.detector.parent),
+             "--max-minutes", "15"],
+            p.detector,
+        ),  # fmt: skip
+        Step(
+            "region features of the synthetic world",
+            [py, "-m", "regions.extract", "--weights", str(p.detector), "--jobs", str(p.world)],
+            STAMPS / "features.done",
+            stamp=True,
+        ),
+        Step("all-task demo training (about 15 minutes)", fit, p.checkpoint / "model.safetensors"),
+        Step(
+            "export (ONNX graphs + Triton repository)",
+            [py, "-m", "export", "--checkpoint", str(p.checkpoint), "--out", str(p.repository),
+             "--detector", str(p.detector)],
+            p.repository / "export.json",
+        ),
+    ]  # fmt: skip
+
+
+def build(p: Paths) -> None:
+    plan = steps(p)
+    for i, step in enumerate(plan, 1):
+        head = f"[{i}/{len(plan) + 1}] {step.title}"
+        if step.done.exists():
+            print(f"{head}: ready ({step.done.relative_to(ROOT)})", flush=True)
+            continue
+        print(f"{head}: running\n    $ {' '.join(step.command)}", flush=True)
+        start = time.monotonic()
+        code = subprocess.call(step.command, cwd=ROOT)
+        if code != 0:
+            print(f"{head}: failed with exit status {code}; rerun the command above to see why", flush=True)
+            raise SystemExit(code)
+        if step.stamp:
+            step.done.parent.mkdir(parents=True, exist_ok=True)
+            step.done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
+        print(f"{head}: done in {time.monotonic() - start:.0f} s", flush=True)
+
+
+def serve(p: Paths, backend: str, host: str, port: int) -> None:
+    from server.__main__ import main as gateway
+
+    args = [
+        "--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint),
+        "--detector-weights", str(p.detector), "--cache-dir", str(p.cache),
+        "--model-repository", str(p.repository),
+    ]  # fmt: skip
+    print(f"[6/6] serving with the {backend} backend", flush=True)
+    with contextlib.ExitStack() as stack:
+        if backend == "triton":
+            from server.triton import TritonServer
+
+            triton = stack.enter_context(TritonServer(p.repository, startup_timeout=300))
+            print(f"    Triton ready at http://{triton.http_url} ({len(triton.models)} models)", flush=True)
+            args += ["--backend", "triton", "--triton-url", triton.http_url]
+        else:
+            args += ["--backend", "local"]
+        gateway(args)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m server.bootstrap", description=__doc__.splitlines()[0])
+    ap.add_argument(
+        "--backend", choices=["triton", "local"], default=os.environ.get("TWELVE_BACKEND", "triton")
+    )
+    ap.add_argument("--host", default=os.environ.get("TWELVE_HOST", "127.0.0.1"))
+    ap.add_argument("--port", type=int, default=int(os.environ.get("TWELVE_PORT", "8000")))
+    ap.add_argument("--build-only", action="store_true", help="build the demo model, do not serve")
+    args = ap.parse_args(argv)
+    paths = Paths()
+    start = time.monotonic()
+    build(paths)
+    print(f"demo model ready after {time.monotonic() - start:.0f} s", flush=True)
+    if not args.build_only:
+        serve(paths, args.backend, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""`python -m export` on the tiny model: ONNX parity for all twelve tasks, the repository layout,
+the int8 rendering through the CLI, and the gate refusing to write a repository that fails."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from export.__main__ import main as export_main
+from export.parity import FP32_TOLERANCE, generated_diff
+from export.pipeline import (
+    ExportOptions,
+    ExportSkippedError,
+    ParityGateError,
+    Precision,
+    check_supported,
+    finish_export,
+    load_inputs,
+)
+from export.repository import read_answers, read_manifest, read_tasks, sha256
+from export.runtime import OnnxGraphs
+from export.triton_config import Backend
+from vilbert.checkpoint import load_checkpoint
+from vilbert.tasks import TASKS
+
+
+def test_gate_passed_for_every_task(tiny_export):
+    gate = tiny_export.report["gate"]
+    assert gate["passed"] and gate["metric_measured"]
+    rows = {t["task"]: t for t in gate["tasks"]}
+    assert set(rows) == {t.slug for t in TASKS}
+    for row in rows.values():
+        assert row["max_abs_diff_fp32"] <= FP32_TOLERANCE
+        assert row["metric_fp32"] == pytest.approx(row["metric_torch"], abs=1e-9)
+        assert row["metric_int8"] is not None and row["examples"] > 0
+    assert rows["vqa"]["split_note"] and rows["vg_qa"]["split"] == "val"
+    assert [d["graph"] for d in gate["detector"]] == ["detector_backbone", "detector_box_head"]
+    assert all(d["max_abs_diff"] <= FP32_TOLERANCE for d in gate["detector"])
+    md = tiny_export.repository.with_name("model_repository.parity.md").read_text()
+    assert "PASSED" in md and "| guesswhat |" in md
+
+
+def test_repository_is_self_contained(tiny_export):
+    repo = tiny_export.repository
+    manifest = read_manifest(repo)
+    assert manifest["backend"] == "python" and manifest["precision"] == "fp32"
+    for name, entry in manifest["models"].items():
+        assert (repo / name / "config.pbtxt").is_file()
+        assert (repo / name / "1" / "model.py").is_file()
+        assert entry["sha256"] == sha256(repo / entry["file"])
+    tasks = read_tasks(repo)
+    assert len(tasks["routes"]) == 12
+    ck = load_checkpoint(tiny_export.inputs.checkpoint)
+    assert read_answers(repo) == ck.answers
+
+
+def test_repository_graphs_match_pytorch_on_all_tasks(tiny_export):
+    """onnxruntime from the repository alone (as the gateway's local backend runs it) vs PyTorch."""
+    model = load_checkpoint(tiny_export.inputs.checkpoint).model.eval()
+    graphs = OnnxGraphs.from_repository(tiny_export.repository)
+    for task in TASKS:
+        diff, shape = generated_diff(model, graphs, task, np.random.default_rng(100 + task.task_id))
+        assert diff <= FP32_TOLERANCE, (task.slug, diff)
+        assert shape[0] == 2
+
+
+def test_cpu_graphs_carry_onnxruntime_fusions(tiny_export):
+    served = onnx.load(str(tiny_export.repository / "trunk" / "1" / "model.onnx"))
+    exported = onnx.load(str(tiny_export.work / "exported" / "trunk.onnx"))
+    assert len(served.graph.node) < len(exported.graph.node)
+    assert any(n.domain == "com.microsoft" for n in served.graph.node)
+
+
+def test_int8_export_through_the_cli(tiny_inputs, tmp_path):
+    """`--precision int8`: quantized graphs served, metric measured per task.
+
+    The tiny model has random weights, so its argmax answers are near-ties that int8 noise flips:
+    the 1-point gate is a property of trained models, and this test widens it with --int8-points.
+    """
+    out = tmp_path / "repo_int8"
+    code = export_main(
+        [
+            "--checkpoint",
+            str(tiny_inputs.checkpoint),
+            "--out",
+            str(out),
+            "--precision",
+            "int8",
+            "--int8-points",
+            "100",
+            "--max-examples",
+            "16",
+        ]
+    )
+    assert code == 0
+    trunk = onnx.load(str(out / "trunk" / "1" / "model.onnx"))
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in trunk.graph.node)
+    report = json.loads((tmp_path / "repo_int8.parity.json").read_text())
+    assert report["gate"]["gated_precision"] == "int8"
+    assert all(t["metric_int8"] is not None for t in report["gate"]["tasks"])
+    assert report["totals"]["bytes_int8"] < report["totals"]["bytes_fp32"]
+    assert read_manifest(out)["precision"] == "int8"
+    assert not (out / "detector_backbone").exists()  # no --detector given
+
+
+def test_failed_gate_writes_no_repository(tiny_export, tmp_path):
+    loaded = load_inputs(tiny_export.inputs.checkpoint, None)
+    out = tmp_path / "repo"
+    exported = export_graphs_from(tiny_export, loaded)
+    options = ExportOptions(checkpoint=tiny_export.inputs.checkpoint, out=out, tolerance=-1.0, keep_work=True)
+    with pytest.raises(ParityGateError, match="repository not written"):
+        finish_export(options, loaded, exported, None, log=lambda _line: None)
+    assert not out.exists()
+    report = json.loads((tmp_path / "repo.parity.json").read_text())
+    assert not report["gate"]["passed"] and len(report["gate"]["failures"]) == 12
+
+
+def export_graphs_from(tiny_export, loaded):
+    """The shared export's graphs (no re-export): the trunk and heads, as `export_graphs` returns them."""
+    from export.pipeline import ExportedGraphs
+
+    names = [g.name for g in loaded.spec.graphs]
+    work = tiny_export.work
+    return ExportedGraphs(
+        spec=loaded.spec,
+        work=work,
+        basic={n: work / "basic" / f"{n}.onnx" for n in names},
+        fp32={n: work / "cpu" / f"{n}.onnx" for n in names},
+        int8=None,
+        stats={n: tiny_export.report["graphs"][n] for n in names},
+        seconds=0.0,
+    )
+
+
+def test_gpu_only_renderings_are_skipped_with_a_message():
+    with pytest.raises(ExportSkippedError, match="CUDA"):
+        check_supported(Precision.FP16, Backend.ONNXRUNTIME)
+    with pytest.raises(ExportSkippedError, match="CUDA"):
+        check_supported(Precision.FP32, Backend.TENSORRT)
+    with pytest.raises(ValueError, match="TensorRT"):
+        check_supported(Precision.INT8, Backend.TENSORRT)
+
+
+def test_cli_exit_code_for_skips(tiny_inputs, tmp_path, capsys):
+    code = export_main(
+        ["--checkpoint", str(tiny_inputs.checkpoint), "--out", str(tmp_path / "r"), "--precision", "fp16"]
+    )
+    assert code == 3
+    assert "skipped" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 export needs a CUDA device")
+def test_fp16_onnxruntime_rendering_on_cuda(tiny_inputs, tmp_path):
+    out = tmp_path / "repo_fp16"
+    code = export_main(
+        [
+            "--checkpoint",
+            str(tiny_inputs.checkpoint),
+            "--out",
+            str(out),
+            "--precision",
+            "fp16",
+            "--backend",
+            "onnxruntime",
+            "--skip-metric",
+        ]
+    )
+    assert code == 0 and (out / "trunk" / "1" / "model.onnx").is_file()

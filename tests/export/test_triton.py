@@ -1,0 +1,156 @@
+"""The issue's main test: export tiny, start the REAL bundled tritonserver on the generated
+repository, send every one of the twelve tasks through tritonclient, compare with PyTorch."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from export.parity import FP32_TOLERANCE, task_inputs, torch_task_logits
+from export.runtime import OnnxGraphs
+from export.spec import DETECTOR_BACKBONE, DETECTOR_BOX_HEAD
+from server.triton import HOST, TritonServer, free_port, repository_models
+from tests.export.triton_calls import infer, task_logits
+from vilbert.checkpoint import load_checkpoint
+from vilbert.tasks import TASKS
+
+tritonclient_http = pytest.importorskip("tritonclient.http")
+tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
+pytest.importorskip("pytriton")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_export):
+    with TritonServer(tiny_export.repository, startup_timeout=180) as srv:
+        yield srv
+
+
+def test_every_task_through_triton_matches_pytorch(server, tiny_export):
+    graphs = OnnxGraphs.from_repository(tiny_export.repository)
+    model = load_checkpoint(tiny_export.inputs.checkpoint).model.eval()
+    http = tritonclient_http.InferenceServerClient(server.http_url)
+    grpc = tritonclient_grpc.InferenceServerClient(server.grpc_url)
+    for i, task in enumerate(TASKS):
+        feeds = task_inputs(graphs.spec, task, np.random.default_rng(1000 + task.task_id))
+        # Both protocols: gRPC for every other task.
+        client, module = (grpc, tritonclient_grpc) if i % 2 else (http, tritonclient_http)
+        got = task_logits(client, module, graphs.spec, task, feeds)
+        ref = torch_task_logits(model, task, feeds)
+        assert got.shape == ref.shape, task.slug
+        diff = float(np.abs(got - ref).max())
+        assert diff <= FP32_TOLERANCE, f"{task.slug}: Triton vs PyTorch max |diff| {diff:.3g}"
+
+
+def test_detector_graphs_through_triton(server, tiny_export):
+    from regions.detector import load_detector
+
+    graphs = OnnxGraphs.from_repository(tiny_export.repository)
+    detector = load_detector(tiny_export.inputs.detector).eval()
+    http = tritonclient_http.InferenceServerClient(server.http_url)
+    image = np.random.default_rng(0).standard_normal((1, 3, 160, 224)).astype(np.float32)
+    pyramid = infer(http, tritonclient_http, graphs.spec.graph(DETECTOR_BACKBONE), {"images": image})
+    with torch.no_grad():
+        ref = list(detector.backbone(torch.from_numpy(image)).values())
+    for got, want in zip(pyramid.values(), ref):
+        assert np.abs(got - want.numpy()).max() <= FP32_TOLERANCE
+    box_graph = graphs.spec.graph(DETECTOR_BOX_HEAD)
+    boxes = np.random.default_rng(1).standard_normal((7, box_graph.inputs[0].shape[1])).astype(np.float32)
+    got = infer(http, tritonclient_http, box_graph, {"box_inputs": boxes})
+    local = graphs.run(DETECTOR_BOX_HEAD, {"box_inputs": boxes})
+    assert all(np.abs(got[k] - local[k]).max() <= FP32_TOLERANCE for k in local)
+
+
+def test_concurrent_requests_are_batched_and_answered_individually(server, tiny_export):
+    """The trunk's dynamic batcher merges equal-shaped requests; each still gets its own rows."""
+    graphs = OnnxGraphs.from_repository(tiny_export.repository)
+    task = TASKS[0]
+    feeds = [task_inputs(graphs.spec, task, np.random.default_rng(seed), batch=1) for seed in range(16)]
+    expected = [graphs.trunk(f)["fused"] for f in feeds]
+    http = tritonclient_http.InferenceServerClient(server.http_url, concurrency=16)
+    before = _trunk_stats(http)
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(lambda f: infer(http, tritonclient_http, graphs.spec.trunk, f), feeds))
+    for got, want in zip(results, expected):
+        assert np.abs(got["fused"] - want).max() <= FP32_TOLERANCE
+    after = _trunk_stats(http)
+    inferences, executions = (after[k] - before[k] for k in ("inference_count", "execution_count"))
+    assert inferences == 16
+    assert executions < inferences, "no two requests were ever batched"
+
+
+def _trunk_stats(client) -> dict[str, int]:
+    stats = client.get_inference_statistics("trunk")["model_stats"][0]
+    return {k: int(stats[k]) for k in ("inference_count", "execution_count")}
+
+
+def test_launcher_binds_loopback_and_exposes_no_repository_api(server):
+    command = " ".join(server.command(*_bundle_and_backends()))
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--model-control-mode=none"):
+        assert flag in command
+    request = urllib.request.Request(
+        f"http://{server.http_url}/v2/repository/models/trunk/unload", data=b"{}", method="POST"
+    )
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(request, timeout=5)
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/trunk/ready", timeout=5) as r:
+        assert r.status == 200
+
+
+def _bundle_and_backends():
+    from server.triton import BundledTriton
+
+    return BundledTriton.locate(), Path("/backends")
+
+
+def test_cli_starts_waits_for_every_model_and_stops_on_sigterm(tiny_export):
+    ports = [free_port() for _ in range(3)]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server.triton",
+            "--repository",
+            str(tiny_export.repository),
+            "--http-port",
+            str(ports[0]),
+            "--grpc-port",
+            str(ports[1]),
+            "--metrics-port",
+            str(ports[2]),
+        ],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        lines = []
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            lines.append(line)
+            if line.startswith("ready:") or not line:
+                break
+        assert lines[-1].startswith("ready:"), "".join(lines)
+        for name in repository_models(tiny_export.repository):
+            with urllib.request.urlopen(f"http://{HOST}:{ports[0]}/v2/models/{name}/ready", timeout=5) as r:
+                assert r.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
