@@ -18,6 +18,7 @@ and renamed into place, so a failed export never leaves half a repository where 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -128,6 +129,7 @@ def write_repository(
             "backend": dep.backend.value,
             "version": version,
             "model_config": spec.config.to_dict(),
+            "detector": dataclasses.asdict(spec.detector) if spec.detector is not None else None,
             "answer_vocabularies": sorted(answers or {}),
             "models": entries,
             **dict(manifest or {}),

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
-from export.spec import FUSED, FUSED_PAIRS, LOGITS, REGION_STATES, TRUNK, ExportSpec, build_spec
+from export.spec import (
+    FUSED,
+    FUSED_PAIRS,
+    LOGITS,
+    REGION_STATES,
+    TRUNK,
+    DetectorDims,
+    ExportSpec,
+    build_spec,
+)
 from vilbert.config import ViLBERTConfig
 from vilbert.tasks import Head, Task
 
@@ -47,7 +56,10 @@ class OnnxGraphs:
             raise ValueError(
                 f"{repository} holds TensorRT plans; onnxruntime needs a python/onnxruntime rendering"
             )
-        spec = build_spec(ViLBERTConfig.from_dict(manifest["model_config"]))
+        detector = manifest.get("detector")
+        if detector is not None:
+            detector = DetectorDims(**{**detector, "fpn_levels": tuple(detector["fpn_levels"])})
+        spec = build_spec(ViLBERTConfig.from_dict(manifest["model_config"]), detector)
         files = {name: repository / entry["file"] for name, entry in manifest["models"].items()}
         return cls(spec, files, threads)
 

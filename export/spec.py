@@ -337,6 +337,7 @@ class ExportSpec:
     graphs: tuple[GraphSpec, ...]
     routes: tuple[Route, ...]
     axes: dict[str, AxisRange] = field(default_factory=dict)
+    detector: DetectorDims | None = None
 
     def graph(self, name: str) -> GraphSpec:
         for g in self.graphs:
@@ -373,7 +374,7 @@ def build_spec(cfg: ViLBERTConfig, detector: DetectorDims | None = None) -> Expo
     graphs = [trunk_graph(cfg), *(head_graph(h, cfg) for h in used_heads())]
     if detector is not None:
         graphs += detector_graphs(detector)
-    return ExportSpec(cfg, tuple(graphs), tuple(route(t) for t in TASKS), axis_ranges(cfg))
+    return ExportSpec(cfg, tuple(graphs), tuple(route(t) for t in TASKS), axis_ranges(cfg), detector)
 
 
 def wire_shape(t: TensorSpec, shape: tuple[int, ...], batched: bool) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ tensors are numpy arrays keyed by the spec's tensor names, so the same service c
 
 from __future__ import annotations
 
+import ctypes.util
 import threading
 from collections.abc import Mapping
 from pathlib import Path
@@ -167,8 +168,10 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
-        providers = [p for p in ("CUDAExecutionProvider",) if p in ort.get_available_providers()]
-        providers.append("CPUExecutionProvider")
+        # onnxruntime-gpu lists the CUDA provider even on hosts without a GPU, then fails noisily when a
+        # session asks for it: ask only when the CUDA driver library is present.
+        cuda = "CUDAExecutionProvider" in ort.get_available_providers() and ctypes.util.find_library("cuda")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         self._sessions: dict[str, object] = {}
         self._missing: list[str] = []
         for model in graph_names():

@@ -49,35 +49,21 @@ class Step:
 
 def steps(p: Paths) -> list[Step]:
     py = sys.executable
+    world = [py, "-m", "training.synthetic", "--out", str(p.world), "--size", "demo"]
+    detector = [py, "-m", "regions.train", "--data", str(p.world), "--out", str(p.detector.parent)]
+    features = [py, "-m", "regions.extract", "--weights", str(p.detector), "--jobs", str(p.world)]
     fit = [py, "-m", "training.fit", "--config", "training/configs/demo.yaml"]
     if (p.checkpoint.parent / "checkpoints").is_dir():
         fit.append("--resume")  # an interrupted training run continues instead of starting over
+    export = [py, "-m", "export", "--checkpoint", str(p.checkpoint), "--out", str(p.repository)]
+    export += ["--detector", str(p.detector)]
     return [
-        Step(
-            "synthetic world (all 12 datasets)",
-            [py, "-m", "training.synthetic", "--out", str(p.world), "--size", "demo"],
-            p.world / "summary.md",
-        ),
-        Step(
-            "detector (about 15 minutes)",
-            [py, "-m", "regions.train", "--data", str(p.world), "--out", str(p.detector.parent),
-             "--max-minutes", "15"],
-            p.detector,
-        ),  # fmt: skip
-        Step(
-            "region features of the synthetic world",
-            [py, "-m", "regions.extract", "--weights", str(p.detector), "--jobs", str(p.world)],
-            STAMPS / "features.done",
-            stamp=True,
-        ),
+        Step("synthetic world (all 12 datasets)", world, p.world / "summary.md"),
+        Step("detector (about 15 minutes)", [*detector, "--max-minutes", "15"], p.detector),
+        Step("region features of the synthetic world", features, STAMPS / "features.done", stamp=True),
         Step("all-task demo training (about 15 minutes)", fit, p.checkpoint / "model.safetensors"),
-        Step(
-            "export (ONNX graphs + Triton repository)",
-            [py, "-m", "export", "--checkpoint", str(p.checkpoint), "--out", str(p.repository),
-             "--detector", str(p.detector)],
-            p.repository / "export.json",
-        ),
-    ]  # fmt: skip
+        Step("export (ONNX graphs + Triton repository)", export, p.repository / "export.json"),
+    ]
 
 
 def build(p: Paths) -> None:
@@ -102,11 +88,9 @@ def build(p: Paths) -> None:
 def serve(p: Paths, backend: str, host: str, port: int) -> None:
     from server.__main__ import main as gateway
 
-    args = [
-        "--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint),
-        "--detector-weights", str(p.detector), "--cache-dir", str(p.cache),
-        "--model-repository", str(p.repository),
-    ]  # fmt: skip
+    args = ["--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint)]
+    args += ["--detector-weights", str(p.detector), "--cache-dir", str(p.cache)]
+    args += ["--model-repository", str(p.repository)]
     print(f"[6/6] serving with the {backend} backend", flush=True)
     with contextlib.ExitStack() as stack:
         if backend == "triton":

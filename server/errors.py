@@ -129,5 +129,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # A bug, not bad input: log it with the request id and answer in the same JSON shape.
-        log.exception("unhandled error in %s (request %s)", request.url.path, request.state.__dict__)
+        request_id = getattr(request.state, "request_id", None)
+        log.exception("unhandled error in %s (request %s)", request.url.path, request_id)
         return error_response(request, 500, "internal error; see the server log for this request id")

@@ -24,13 +24,17 @@ class Components:
     answers: dict[str, list[str]] = field(default_factory=dict)
 
 
-def read_answers(checkpoint: Path | None) -> dict[str, list[str]]:
-    """Answer vocabularies (`answers/<name>.json` of a checkpoint directory) without loading weights."""
-    if checkpoint is None or not (checkpoint / ANSWERS_DIR).is_dir():
-        return {}
-    return {
-        p.stem: list(json.loads(p.read_text())) for p in sorted((checkpoint / ANSWERS_DIR).glob("*.json"))
-    }
+def read_answers(checkpoint: Path | None, repository: Path | None = None) -> dict[str, list[str]]:
+    """Answer vocabularies without loading weights: `answers/<name>.json` of a checkpoint directory,
+    else the `answers.<name>.json` files an exported repository carries."""
+    if checkpoint is not None and (checkpoint / ANSWERS_DIR).is_dir():
+        files = sorted((checkpoint / ANSWERS_DIR).glob("*.json"))
+        return {p.stem: list(json.loads(p.read_text())) for p in files}
+    if repository is not None and (repository / "export.json").is_file():
+        from export.repository import read_answers as read_repository_answers
+
+        return read_repository_answers(repository)
+    return {}
 
 
 def build_backend(settings: Settings) -> Backend:

@@ -127,8 +127,7 @@ def api_router(settings: Settings) -> APIRouter:
         return request.app.state.service
 
     async def run(request: Request, task: str, fn):
-        request.state.task = task
-        request.scope["state"]["task"] = task
+        request.scope["state"]["task"] = task  # labels this request's metrics (see app.Guard)
         return await request.app.state.gateway.run(fn)
 
     @router.post(

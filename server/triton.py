@@ -146,6 +146,7 @@ class TritonServer:
             "--model-control-mode=none",
             "--strict-readiness=true",
             "--exit-on-error=true",
+            "--exit-timeout-secs=10",  # in-flight requests get this long after SIGTERM
             "--disable-auto-complete-config",
             f"--http-address={HOST}",
             f"--http-port={self.http_port}",

@@ -9,6 +9,7 @@ ready while that one model cannot answer.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Mapping
 
 import numpy as np
@@ -25,31 +26,52 @@ class TritonBackend:
     name = "triton"
 
     def __init__(self, url: str, timeout_s: float = 30.0, client=None) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+        self._shared = client  # a given client (tests) is used from every thread
+        # tritonclient.http runs on gevent greenlets, which cannot cross threads: each gateway worker
+        # thread (and the event-loop thread probing readiness) gets its own client.
+        self._local = threading.local()
+        self._clients: list = []
+        self._lock = threading.Lock()
+        self._io: dict[str, tuple[list[str], list[str]]] = {}
+
+    @property
+    def client(self):
+        if self._shared is not None:
+            return self._shared
+        client = getattr(self._local, "client", None)
         if client is None:
             import tritonclient.http as httpclient
 
             client = httpclient.InferenceServerClient(
-                url=url, connection_timeout=timeout_s, network_timeout=timeout_s
+                url=self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
             )
-        self.url = url
-        self.client = client
-        self._outputs: dict[str, list[str]] = {}
+            self._local.client = client
+            with self._lock:
+                self._clients.append(client)
+        return client
 
-    def _output_names(self, model: str) -> list[str]:
-        if model not in self._outputs:
+    def _names(self, model: str) -> tuple[list[tuple[str, int]], list[str]]:
+        """([(input name, wire rank)], output names) of a model, from its metadata (asked once)."""
+        if model not in self._io:
             meta = self.client.get_model_metadata(model)
-            self._outputs[model] = [o["name"] for o in meta["outputs"]]
-        return self._outputs[model]
+            inputs = [(i["name"], len(i.get("shape", []))) for i in meta["inputs"]]
+            self._io[model] = (inputs, [o["name"] for o in meta["outputs"]])
+        return self._io[model]
 
     def infer(self, model: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None) -> Arrays:
         import tritonclient.http as httpclient
 
         try:
-            wanted = self._output_names(model)
-            meta_inputs = [i["name"] for i in self.client.get_model_metadata(model)["inputs"]]
+            input_names, wanted = self._names(model)
             infer_inputs = []
-            for name in meta_inputs:
+            for name, rank in input_names:
                 array = np.ascontiguousarray(inputs[name])
+                if rank == array.ndim + 1:
+                    # A per-row scalar (task_ids (B,)) travels as (B, 1) to a batching model and is
+                    # reshaped back by its config (export.spec.wire_shape).
+                    array = array.reshape(*array.shape, 1)
                 item = httpclient.InferInput(name, list(array.shape), _WIRE[array.dtype])
                 item.set_data_from_numpy(array, binary_data=True)
                 infer_inputs.append(item)
@@ -71,6 +93,8 @@ class TritonBackend:
         return status
 
     def close(self) -> None:
-        # Closing a client whose server is gone must not fail shutdown.
-        with contextlib.suppress(Exception):
-            self.client.close()
+        clients = [self._shared] if self._shared is not None else self._clients
+        for client in clients:
+            # Closing a client whose server is gone must not fail shutdown.
+            with contextlib.suppress(Exception):
+                client.close()

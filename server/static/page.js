@@ -99,12 +99,20 @@ function needImage() {
   return { image_id: state.imageId };
 }
 
-async function run(fn) {
+function remember(task, summary) {
+  const li = document.createElement("li");
+  li.dataset.task = task;
+  li.textContent = `${task}: ${summary}`;
+  $("history").prepend(li);
+}
+
+async function run(name) {
   try {
     show("running…");
-    await fn();
+    remember(name, await tasks[name]());
   } catch (e) {
     show(escapeHtml(e.message), true);
+    remember(name, `error: ${e.message}`);
   }
 }
 
@@ -119,6 +127,7 @@ const tasks = {
     });
     show(`<b>${escapeHtml(res.answers[0].answer)}</b> (${res.task})` +
       table(res.answers.map((a) => [a.answer, a.score.toFixed(3)])));
+    return res.answers[0].answer;
   },
   async ground() {
     const dataset = $("ground-dataset").value;
@@ -132,6 +141,7 @@ const tasks = {
     show(`${res.no_match ? "no confident match; best guesses" : "found"} (${res.task})` +
       table(res.regions.map((r, i) => [`${i + 1}`, r.label || "", r.score.toFixed(3),
         `[${[r.box.xmin, r.box.ymin, r.box.xmax, r.box.ymax].map((v) => v.toFixed(0)).join(", ")}]`])));
+    return `${res.regions.length} boxes drawn${res.no_match ? " (no confident match)" : ""}`;
   },
   async retrieve() {
     const ids = await exampleIds();
@@ -144,6 +154,7 @@ const tasks = {
       const ex = state.examples[ids.indexOf(r.image_id)];
       return `<figure><img src="${ex.url}" alt="${ex.name}"><figcaption>#${r.rank} ${r.score.toFixed(3)}</figcaption></figure>`;
     }).join("");
+    return `best: ${state.examples[ids.indexOf(res.results[0].image_id)].name}`;
   },
   async verify() {
     const dataset = $("verify-dataset").value;
@@ -155,11 +166,12 @@ const tasks = {
     const res = await api("POST", "/verify", { images, statement: $("verify-statement").value, dataset });
     show(`<b>${escapeHtml(res.label)}</b> (${res.task})` +
       table(Object.entries(res.scores).map(([k, v]) => [k, v.toFixed(3)])));
+    return res.label;
   },
 };
 
 for (const name of Object.keys(tasks)) {
-  $(`${name}-form`).addEventListener("submit", (ev) => { ev.preventDefault(); run(tasks[name]); });
+  $(`${name}-form`).addEventListener("submit", (ev) => { ev.preventDefault(); run(name); });
 }
 $("file").addEventListener("change", (ev) => {
   const file = ev.target.files[0];
@@ -174,4 +186,8 @@ $("file").addEventListener("change", (ev) => {
   document.querySelectorAll("#examples img").forEach((el) =>
     el.addEventListener("click", () => pickExample(Number(el.dataset.i))));
   if (data.examples.length) await pickExample(0);
+  // `/?run=vqa,ground` runs tasks on the first example right away (shareable demos, browser tests).
+  const auto = new URLSearchParams(location.search).get("run");
+  for (const name of (auto || "").split(",").filter((n) => n in tasks)) await run(name);
+  document.body.dataset.ready = "true";
 })();

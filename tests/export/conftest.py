@@ -84,24 +84,17 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> TinyInputs:
 
 @pytest.fixture(scope="session")
 def tiny_export(tiny_inputs: TinyInputs, tmp_path_factory: pytest.TempPathFactory) -> TinyExport:
-    """`python -m export` (python API) of the tiny checkpoint + detector, fp32, python backend."""
-    from export.pipeline import ExportOptions, run_export
+    """`python -m export` (the CLI) of the tiny checkpoint + detector: fp32, python backend."""
+    from export.__main__ import main as export_main
 
     root = _shared_dir(tmp_path_factory)
     repository = root / "fp32" / "model_repository"
     with FileLock(str(root / "fp32.lock")):
         done = root / "fp32.done"
         if not done.exists():
-            run_export(
-                ExportOptions(
-                    checkpoint=tiny_inputs.checkpoint,
-                    out=repository,
-                    detector=tiny_inputs.detector,
-                    data_root=tiny_inputs.world,
-                    keep_work=True,
-                ),
-                log=lambda _line: None,
-            )
+            args = ["--checkpoint", str(tiny_inputs.checkpoint), "--out", str(repository)]
+            args += ["--detector", str(tiny_inputs.detector), "--data", str(tiny_inputs.world), "--keep-work"]
+            assert export_main(args) == 0
             done.touch()
     report = json.loads(repository.with_name("model_repository.parity.json").read_text())
     return TinyExport(tiny_inputs, repository, repository.with_name(".model_repository.work"), report)

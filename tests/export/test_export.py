@@ -75,36 +75,56 @@ def test_cpu_graphs_carry_onnxruntime_fusions(tiny_export):
     assert any(n.domain == "com.microsoft" for n in served.graph.node)
 
 
-def test_int8_export_through_the_cli(tiny_inputs, tmp_path):
-    """`--precision int8`: quantized graphs served, metric measured per task.
+def test_int8_rendering(tiny_export, tmp_path):
+    """`--precision int8`: the quantized graphs are gated on the metric and served.
 
-    The tiny model has random weights, so its argmax answers are near-ties that int8 noise flips:
-    the 1-point gate is a property of trained models, and this test widens it with --int8-points.
+    Reuses the shared export's graphs (`finish_export` is what the CLI runs after exporting).  The
+    tiny model has random weights, so its argmax answers are near-ties that int8 noise flips: the
+    1-point gate is a property of trained models, and this test widens it (`--int8-points`).
     """
+    loaded = load_inputs(tiny_export.inputs.checkpoint, None)
+    exported = export_graphs_from(tiny_export, loaded, int8=True)
     out = tmp_path / "repo_int8"
-    code = export_main(
-        [
-            "--checkpoint",
-            str(tiny_inputs.checkpoint),
-            "--out",
-            str(out),
-            "--precision",
-            "int8",
-            "--int8-points",
-            "100",
-            "--max-examples",
-            "16",
-        ]
+    options = ExportOptions(
+        checkpoint=tiny_export.inputs.checkpoint,
+        out=out,
+        precision=Precision.INT8,
+        int8_points=100.0,
+        max_examples=16,
+        keep_work=True,
     )
-    assert code == 0
+    finish_export(options, loaded, exported, tiny_export.inputs.world, log=lambda _line: None)
     trunk = onnx.load(str(out / "trunk" / "1" / "model.onnx"))
     assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in trunk.graph.node)
     report = json.loads((tmp_path / "repo_int8.parity.json").read_text())
-    assert report["gate"]["gated_precision"] == "int8"
+    assert report["gate"]["passed"] and report["gate"]["gated_precision"] == "int8"
     assert all(t["metric_int8"] is not None for t in report["gate"]["tasks"])
     assert report["totals"]["bytes_int8"] < report["totals"]["bytes_fp32"]
     assert read_manifest(out)["precision"] == "int8"
-    assert not (out / "detector_backbone").exists()  # no --detector given
+    graphs = OnnxGraphs.from_repository(out)
+    model = load_checkpoint(tiny_export.inputs.checkpoint).model.eval()
+    for task in TASKS:  # every route runs on the int8 graphs (close to, not equal to, fp32)
+        diff, _ = generated_diff(model, graphs, task, np.random.default_rng(task.task_id))
+        assert diff < 1.0, (task.slug, diff)
+
+
+def test_int8_gate_fails_past_its_tolerance(tiny_export, tmp_path):
+    loaded = load_inputs(tiny_export.inputs.checkpoint, None)
+    options = ExportOptions(
+        checkpoint=tiny_export.inputs.checkpoint,
+        out=tmp_path / "r",
+        precision=Precision.INT8,
+        int8_points=-1.0,
+    )
+    with pytest.raises(ParityGateError, match="int8 metric"):
+        finish_export(
+            options,
+            loaded,
+            export_graphs_from(tiny_export, loaded, int8=True),
+            tiny_export.inputs.world,
+            log=str,
+        )
+    assert not (tmp_path / "r").exists()
 
 
 def test_failed_gate_writes_no_repository(tiny_export, tmp_path):
@@ -119,7 +139,7 @@ def test_failed_gate_writes_no_repository(tiny_export, tmp_path):
     assert not report["gate"]["passed"] and len(report["gate"]["failures"]) == 12
 
 
-def export_graphs_from(tiny_export, loaded):
+def export_graphs_from(tiny_export, loaded, int8: bool = False):
     """The shared export's graphs (no re-export): the trunk and heads, as `export_graphs` returns them."""
     from export.pipeline import ExportedGraphs
 
@@ -130,7 +150,7 @@ def export_graphs_from(tiny_export, loaded):
         work=work,
         basic={n: work / "basic" / f"{n}.onnx" for n in names},
         fp32={n: work / "cpu" / f"{n}.onnx" for n in names},
-        int8=None,
+        int8={n: work / "int8" / f"{n}.onnx" for n in names} if int8 else None,
         stats={n: tiny_export.report["graphs"][n] for n in names},
         seconds=0.0,
     )

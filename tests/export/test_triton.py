@@ -3,14 +3,15 @@ repository, send every one of the twelve tasks through tritonclient, compare wit
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from export.parity import FP32_TOLERANCE, task_inputs, torch_task_logits
 from export.runtime import OnnxGraphs
 from export.spec import DETECTOR_BACKBONE, DETECTOR_BOX_HEAD
 from server.triton import HOST, TritonServer, free_port, repository_models
-from tests.export.triton_calls import infer, task_logits
+from tests.export.triton_calls import infer, request, task_logits
 from vilbert.checkpoint import load_checkpoint
 from vilbert.tasks import TASKS
 
@@ -74,25 +75,38 @@ def test_detector_graphs_through_triton(server, tiny_export):
 
 
 def test_concurrent_requests_are_batched_and_answered_individually(server, tiny_export):
-    """The trunk's dynamic batcher merges equal-shaped requests; each still gets its own rows."""
+    """The trunk's dynamic batcher merges equal-shaped requests; each still gets its own rows.
+
+    gRPC's async calls are really concurrent (the HTTP client's gevent pool sends them one by one).
+    """
     graphs = OnnxGraphs.from_repository(tiny_export.repository)
-    task = TASKS[0]
-    feeds = [task_inputs(graphs.spec, task, np.random.default_rng(seed), batch=1) for seed in range(16)]
+    feeds = [task_inputs(graphs.spec, TASKS[0], np.random.default_rng(seed), batch=1) for seed in range(16)]
     expected = [graphs.trunk(f)["fused"] for f in feeds]
-    http = tritonclient_http.InferenceServerClient(server.http_url, concurrency=16)
-    before = _trunk_stats(http)
-    with ThreadPoolExecutor(16) as pool:
-        results = list(pool.map(lambda f: infer(http, tritonclient_http, graphs.spec.trunk, f), feeds))
-    for got, want in zip(results, expected):
-        assert np.abs(got["fused"] - want).max() <= FP32_TOLERANCE
-    after = _trunk_stats(http)
+    grpc = tritonclient_grpc.InferenceServerClient(server.grpc_url)
+    before = _trunk_stats(grpc)
+    results: dict[int, object] = {}
+    finished = threading.Event()
+
+    def done(index: int, result, error) -> None:
+        results[index] = error or result
+        if len(results) == len(feeds):
+            finished.set()
+
+    for i, f in enumerate(feeds):
+        inputs, outputs = request(tritonclient_grpc, graphs.spec.trunk, f)
+        grpc.async_infer("trunk", inputs, functools.partial(done, i), outputs=outputs)
+    assert finished.wait(60)
+    for i, want in enumerate(expected):
+        got = results[i].as_numpy("fused")
+        assert np.abs(got - want).max() <= FP32_TOLERANCE
+    after = _trunk_stats(grpc)
     inferences, executions = (after[k] - before[k] for k in ("inference_count", "execution_count"))
     assert inferences == 16
     assert executions < inferences, "no two requests were ever batched"
 
 
 def _trunk_stats(client) -> dict[str, int]:
-    stats = client.get_inference_statistics("trunk")["model_stats"][0]
+    stats = client.get_inference_statistics("trunk", as_json=True)["model_stats"][0]
     return {k: int(stats[k]) for k in ("inference_count", "execution_count")}
 
 

@@ -112,14 +112,20 @@ class FakeTritonClient:
         self.backend = backend
         self.down = down or set()
         self.request_ids: list[str] = []
+        self.ranks: dict[str, int] = {}
 
     def get_model_metadata(self, model: str) -> dict:
         from export.spec import build_spec
 
         graph = build_spec(self.backend.model.config).graph(model)
+        self.ranks.update({t.name: len(t.shape) for t in graph.inputs})
+
+        def shape(t):  # as Triton reports it: batch axis first, a per-row scalar as [1] (reshaped)
+            return [-1, *(t.triton_dims(True) or [1])]
+
         return {
-            "inputs": [{"name": t.name} for t in graph.inputs],
-            "outputs": [{"name": t.name} for t in graph.outputs],
+            "inputs": [{"name": t.name, "shape": shape(t)} for t in graph.inputs],
+            "outputs": [{"name": t.name, "shape": shape(t)} for t in graph.outputs],
         }
 
     def infer(self, model, inputs, outputs=None, request_id=""):
@@ -129,7 +135,10 @@ class FakeTritonClient:
         arrays = {}
         for item in inputs:
             dtype = {"FP32": np.float32, "INT64": np.int64}[item.datatype()]
-            arrays[item.name()] = np.frombuffer(item._get_binary_data(), dtype=dtype).reshape(item.shape())
+            array = np.frombuffer(item._get_binary_data(), dtype=dtype).reshape(item.shape())
+            if self.ranks.get(item.name()) == 1:  # Triton's `reshape: { shape: [ ] }`: (B, 1) -> (B,)
+                array = array.reshape(-1)
+            arrays[item.name()] = array
         result = self.backend.infer(model, arrays)
 
         class Result:
