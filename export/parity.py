@@ -28,6 +28,7 @@ from torch import Tensor
 from export.graphs import sample_inputs
 from export.runtime import OnnxGraphs
 from export.spec import BATCH, DETECTOR_BACKBONE, DETECTOR_BOX_HEAD, REGIONS, TEXT, ExportSpec
+from vilbert.config import ViLBERTConfig
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import TASKS, Head, Task
 
@@ -132,13 +133,21 @@ class MetricData:
     note: str = ""
 
 
-def metric_dataset(task: Task, root: Path, max_examples: int) -> MetricData:
-    """The test split, or the validation split where the test split is missing or unlabelled."""
+def metric_dataset(task: Task, root: Path, max_examples: int, cfg: ViLBERTConfig) -> MetricData:
+    """The test split, or the validation split where the test split is missing or unlabelled.
+
+    Answer targets are as wide as the model's answer heads (a base model's 3129 / 1533 answers on a
+    synthetic world with a few dozen), as training's loaders do for the model they feed.
+    """
     from training.datasets import LoaderConfig, build_dataset, split_names
     from vilbert.tokenizer import load_tokenizer
 
     names = split_names(task)
-    config = LoaderConfig.for_data_root(root / "datasets" if (root / "datasets").is_dir() else root)
+    config = LoaderConfig.for_data_root(
+        root / "datasets" if (root / "datasets").is_dir() else root,
+        vqa_num_answers=cfg.num_answers,
+        gqa_num_answers=cfg.num_answers_gqa,
+    )
     tokenizer = load_tokenizer()
 
     def build(split: str):
@@ -251,7 +260,7 @@ def run_gate(
                 model, int8, task, np.random.default_rng(seed + task.task_id)
             )
         if data_root is not None:
-            data = metric_dataset(task, data_root, max_examples)
+            data = metric_dataset(task, data_root, max_examples, model.config)
             row.split, row.split_note = data.split, data.note
             ref = task_metric(model, task, data, max_examples)
             row.examples = int(ref["examples"])

@@ -30,6 +30,7 @@ from export.spec import (
     ExportSpec,
     GraphKind,
     GraphSpec,
+    Route,
     TensorSpec,
 )
 
@@ -82,11 +83,14 @@ def _dims(values: list[int]) -> str:
     return "[ " + ", ".join(str(v) for v in values) + " ]"
 
 
-def _tensor_block(t: TensorSpec, batched: bool) -> str:
+def _tensor_block(t: TensorSpec, batched: bool, reshape: bool = True) -> str:
     dims = t.triton_dims(batched)
     # Triton needs at least one dim besides the batch: a per-row scalar (task_ids) travels as
-    # (B, 1) on the wire and is reshaped to the graph's (B,).
-    shape = f"    dims: {_dims(dims)}\n" if dims else "    dims: [ 1 ]\n    reshape: { shape: [ ] }\n"
+    # (B, 1) on the wire and is reshaped to the graph's (B,).  Ensembles pass it on as (B, 1).
+    if dims:
+        shape = f"    dims: {_dims(dims)}\n"
+    else:
+        shape = "    dims: [ 1 ]\n" + ("    reshape: { shape: [ ] }\n" if reshape else "")
     return "  {\n" + f'    name: "{t.name}"\n' + f"    data_type: {t.dtype.triton}\n" + shape + "  }"
 
 
@@ -154,3 +158,44 @@ def _warmup(graph: GraphSpec, spec: ExportSpec) -> str:
 def render_all(spec: ExportSpec, dep: Deployment) -> dict[str, str]:
     """Model name -> config.pbtxt text, for every graph of the spec."""
     return {g.name: render_config(g, spec, dep) for g in spec.graphs}
+
+
+def ensemble_name(route: Route) -> str:
+    return f"task_{route.task}"
+
+
+def render_ensemble(route: Route, spec: ExportSpec, dep: Deployment) -> str:
+    """An ensemble running `trunk` then the task's head inside the server (one client call).
+
+    Not part of the default repository: measured against the client calling trunk and head in turn
+    (model_repository/README.md, "Per-task routing"), it saved no time on CPU.  Only one-image tasks:
+    NLVR2 regroups trunk rows into pairs between the two models, which an ensemble cannot express.
+    """
+    if route.images_per_example != 1:
+        raise ValueError(
+            f"{route.task}: an ensemble cannot regroup {route.images_per_example} images per example"
+        )
+    trunk, head = spec.trunk, spec.graph(route.head_model)
+    head_inputs = {t.name for t in head.inputs}
+    trunk_outputs = [t for t in trunk.outputs if t.name in head_inputs]
+    name = ensemble_name(route)
+
+    def step(model: str, inputs: list[str], outputs: list[str]) -> str:
+        maps = [f'      input_map {{ key: "{n}" value: "{n}" }}' for n in inputs]
+        maps += [f'      output_map {{ key: "{n}" value: "{n}" }}' for n in outputs]
+        return f'    {{\n      model_name: "{model}"\n      model_version: -1\n' + "\n".join(maps) + "\n    }"
+
+    steps = [
+        step(trunk.name, [t.name for t in trunk.inputs], [t.name for t in trunk_outputs]),
+        step(head.name, [t.name for t in head.inputs], [t.name for t in head.outputs]),
+    ]
+    lines = [
+        HEADER,
+        f'name: "{name}"',
+        'platform: "ensemble"',
+        f"max_batch_size: {dep.max_batch_size}",
+        "input [\n" + ",\n".join(_tensor_block(t, True, reshape=False) for t in trunk.inputs) + "\n]",
+        "output [\n" + ",\n".join(_tensor_block(t, True) for t in head.outputs) + "\n]",
+        "ensemble_scheduling {\n  step [\n" + ",\n".join(steps) + "\n  ]\n}",
+    ]
+    return "\n".join(lines) + "\n"

@@ -165,3 +165,22 @@ def test_retrieve_and_verify_counts(client, pngs):
 
 def test_bad_content_length(client):
     err(client.post("/vqa", content=b"{}", headers={"content-length": "-5"}), 400)
+
+
+def test_multipart_abuse_is_4xx(client, pngs):
+    many = {f"f{i}": (f"{i}.png", b"x", "image/png") for i in range(20)}
+    r = client.post("/vqa", data={"request": '{"question": "q"}'}, files=many)
+    assert r.status_code == 400, r.text
+    fields = {f"k{i}": "v" for i in range(50)}
+    assert client.post("/vqa", data=fields).status_code == 415  # urlencoded: not an accepted type
+    one_file = {"image": ("a.png", pngs[0], "image/png")}
+    assert client.post("/vqa", data=fields, files=one_file).status_code == 400
+    big_field = {"request": "x" * (2 * 1024 * 1024)}
+    assert client.post("/vqa", data=big_field, files=one_file).status_code == 413
+    boundary = {"content-type": "multipart/form-data; boundary=\r\nevil"}
+    assert client.post("/vqa", content=b"--\r\nevil\r\n", headers=boundary).status_code in (400, 422)
+    r = client.post("/vqa", data={"request": "not json"}, files=one_file)
+    err(r, 400, "request")
+    svg = b"<svg xmlns='http://www.w3.org/2000/svg'/>"
+    r = client.post("/images", files={"image": ("a.svg", svg, "image/png")})
+    err(r, 415, "image")
