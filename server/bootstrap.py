@@ -50,7 +50,17 @@ class Step:
 def steps(p: Paths) -> list[Step]:
     py = sys.executable
     world = [py, "-m", "training.synthetic", "--out", str(p.world), "--size", "demo"]
-    detector = [py, "-m", "regions.train", "--data", str(p.world), "--out", str(p.detector.parent)]
+    detector = [
+        py,
+        "-m",
+        "regions.train",
+        "--data",
+        str(p.world),
+        "--out",
+        str(p.detector.parent),
+        "--max-minutes",
+        "5",
+    ]  # recall 0.996 at 5 min on the demo world (see README)
     features = [py, "-m", "regions.extract", "--weights", str(p.detector), "--jobs", str(p.world)]
     fit = [py, "-m", "training.fit", "--config", "training/configs/demo.yaml"]
     if (p.checkpoint.parent / "checkpoints").is_dir():
