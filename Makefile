@@ -44,6 +44,7 @@ fmt: $(STAMP)
 	$(PY) -m ruff format .
 
 check: lint
+	$(PY) -m export.check
 
 # Builds the demo model on first start (synthetic world -> detector -> features -> training ->
 # export), then starts Triton and the gateway on 127.0.0.1:8000.  TWELVE_BACKEND=local skips Triton.

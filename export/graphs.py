@@ -211,11 +211,9 @@ def sample_inputs(
     return out
 
 
-def trace_sizes(graph: GraphSpec) -> dict[str, int]:
-    """Axis sizes of the example the exporter traces with: distinct, and none of them 0 or 1, so
-    torch.export cannot specialise an axis to a constant or confuse two axes."""
-    del graph
-    return {BATCH: 2, TEXT: 7, REGIONS: 9, BOXES: 5, HEIGHT: 64, WIDTH: 96}
+# Axis sizes of the example the exporter traces with: distinct, and none of them 0 or 1, so
+# torch.export can neither specialise an axis to a constant nor mistake two axes for one.
+TRACE_SIZES = {BATCH: 2, TEXT: 7, REGIONS: 9, BOXES: 5, HEIGHT: 64, WIDTH: 96}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,8 +253,7 @@ def _torch_dims(graph: GraphSpec, max_text: int) -> dict[str, object]:
 def export_onnx(module: nn.Module, graph: GraphSpec, path: Path, max_text: int) -> Path:
     """Export `module` as `graph` to `path` (symbolic axes as in the spec)."""
     rng = np.random.default_rng(0)
-    sizes = trace_sizes(graph)
-    sample = sample_inputs(graph, sizes, rng)
+    sample = sample_inputs(graph, TRACE_SIZES, rng)
     args = tuple(torch.from_numpy(sample[t.name]) for t in graph.inputs)
     dims = _torch_dims(graph, max_text)
     dynamic_shapes = tuple({i: dims[name] for i, name in t.dynamic_axes.items()} for t in graph.inputs)

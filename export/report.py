@@ -59,7 +59,7 @@ def render_markdown(report: dict) -> str:
         "",
         "## Graphs",
         "",
-        "| graph | parameters | nodes (served) | exported fp32 | served fp32 | int8 | export s |",
+        "| graph | weights | nodes (served) | exported fp32 | served fp32 | int8 | export s |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for name, g in report["graphs"].items():

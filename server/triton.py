@@ -108,6 +108,8 @@ class TritonServer:
         startup_timeout: float = 120.0,
         log_file: str | Path | None = None,
         verbose: bool = False,
+        binary: str | Path | None = None,
+        backend_directory: str | Path | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
@@ -120,6 +122,10 @@ class TritonServer:
         self.metrics_port = metrics_port or free_port()
         self.startup_timeout = startup_timeout
         self.verbose = verbose
+        # A system Triton (the NGC image's /opt/tritonserver) instead of the wheel's: its backends
+        # folder is used as it is (onnxruntime, tensorrt and a python backend for its own Python).
+        self.binary = Path(binary) if binary else None
+        self.backend_directory = Path(backend_directory) if backend_directory else None
         self._workdir = Path(tempfile.mkdtemp(prefix="twelve-in-one-triton-"))
         self.log_file = Path(log_file) if log_file else self._workdir / "tritonserver.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -138,9 +144,9 @@ class TritonServer:
         return f"http://{HOST}:{self.metrics_port}/metrics"
 
     # --- lifecycle ---
-    def command(self, bundle: BundledTriton, backends: Path) -> list[str]:
+    def command(self, binary: Path, backends: Path) -> list[str]:
         return [
-            str(bundle.binary),
+            str(binary),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             "--model-control-mode=none",
@@ -159,15 +165,21 @@ class TritonServer:
         ]
 
     def start(self) -> TritonServer:
-        bundle = BundledTriton.locate()
-        backends = self._workdir / "backends"
-        shutil.copytree(bundle.backends, backends)
-        shutil.copy2(bundle.stub, backends / "python" / "triton_python_backend_stub")
         env = dict(os.environ)
-        libdir = sysconfig.get_config_var("LIBDIR") or ""
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(
-            p for p in (str(bundle.libraries), libdir, env.get("LD_LIBRARY_PATH", "")) if p
-        )
+        if self.binary is not None:
+            command = self.command(
+                self.binary, self.backend_directory or self.binary.parent.parent / "backends"
+            )
+        else:
+            bundle = BundledTriton.locate()
+            backends = self._workdir / "backends"
+            shutil.copytree(bundle.backends, backends)
+            shutil.copy2(bundle.stub, backends / "python" / "triton_python_backend_stub")
+            libdir = sysconfig.get_config_var("LIBDIR") or ""
+            env["LD_LIBRARY_PATH"] = os.pathsep.join(
+                p for p in (str(bundle.libraries), libdir, env.get("LD_LIBRARY_PATH", "")) if p
+            )
+            command = self.command(bundle.binary, backends)
         env[SITE_PACKAGES_ENV] = os.pathsep.join(site_packages())
         # One onnxruntime/BLAS thread pool per model instance is set in config.pbtxt; stop OpenMP
         # from spinning a pool per stub on top of it.
@@ -176,7 +188,7 @@ class TritonServer:
         log = open(self.log_file, "wb")  # noqa: SIM115 (the child writes to it for its whole life)
         try:
             self._process = subprocess.Popen(
-                self.command(bundle, backends),
+                command,
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -276,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--log-file", type=Path, help="server log (default: a temporary file)")
     parser.add_argument("--verbose", action="store_true", help="Triton's verbose log")
+    parser.add_argument(
+        "--tritonserver", type=Path, help="a system tritonserver binary instead of the nvidia-pytriton one"
+    )
+    parser.add_argument("--backend-directory", type=Path, help="with --tritonserver (default: ../backends)")
     args = parser.parse_args(argv)
     stopping = False
 
@@ -294,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
             startup_timeout=args.startup_timeout,
             log_file=args.log_file,
             verbose=args.verbose,
+            binary=args.tritonserver,
+            backend_directory=args.backend_directory,
         )
         print(f"starting tritonserver on {args.repository} ({len(server.models)} models) ...", flush=True)
         server.start()

@@ -111,7 +111,7 @@ def _trunk_stats(client) -> dict[str, int]:
 
 
 def test_launcher_binds_loopback_and_exposes_no_repository_api(server):
-    command = " ".join(server.command(*_bundle_and_backends()))
+    command = " ".join(server.command(Path("tritonserver"), Path("/backends")))
     for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--model-control-mode=none"):
         assert flag in command
     request = urllib.request.Request(
@@ -121,12 +121,6 @@ def test_launcher_binds_loopback_and_exposes_no_repository_api(server):
         urllib.request.urlopen(request, timeout=5)
     with urllib.request.urlopen(f"http://{server.http_url}/v2/models/trunk/ready", timeout=5) as r:
         assert r.status == 200
-
-
-def _bundle_and_backends():
-    from server.triton import BundledTriton
-
-    return BundledTriton.locate(), Path("/backends")
 
 
 def test_cli_starts_waits_for_every_model_and_stops_on_sigterm(tiny_export):
