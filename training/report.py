@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from training.datasets import LoaderConfig, build_dataset, split_names
+from training.datasets import LoaderConfig, RetrievalEvalDataset, build_dataset, split_names
 from training.evaluation import evaluate_task
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import Readout, Task
@@ -18,6 +18,14 @@ def _baselines(data_root: Path) -> dict[str, dict]:
         if candidate.is_file():
             return {row["task"]: row for row in json.loads(candidate.read_text()).get("tasks", [])}
     return {}
+
+
+def _labelled(ds, probe: int = 20) -> bool:
+    """Whether a split carries targets (VQA's test2015 questions come without answers)."""
+    if isinstance(ds, RetrievalEvalDataset) or len(ds) == 0:
+        return True
+    examples = [ds[i] for i in range(min(probe, len(ds)))]
+    return any(float(ex.target.sum()) > 0 or ex.label >= 0 for ex in examples)
 
 
 def final_metrics(
@@ -42,6 +50,9 @@ def final_metrics(
                 ds = build_dataset(task, data_root, split, config=loader_cfg, tokenizer=tokenizer)
             except (FileNotFoundError, KeyError, ValueError) as exc:
                 row["error"] = f"{split}: {exc}"
+                continue
+            if which == "test" and not _labelled(ds):
+                row["error"] = f"{split}: no answers in this split (e.g. VQA test2015)"
                 continue
             row.pop("error", None)
             row.update(
