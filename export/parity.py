@@ -144,7 +144,7 @@ def metric_dataset(task: Task, root: Path, max_examples: int, cfg: ViLBERTConfig
 
     names = split_names(task)
     config = LoaderConfig.for_data_root(
-        root / "datasets" if (root / "datasets").is_dir() else root,
+        root,
         vqa_num_answers=cfg.num_answers,
         gqa_num_answers=cfg.num_answers_gqa,
     )

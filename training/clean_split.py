@@ -27,20 +27,16 @@ from vilbert.tokenizer import load_tokenizer
 
 log = logging.getLogger(__name__)
 
-# The splits whose images are "test" images, per task (VG QA reports on its val, which is cleaned
-# itself, so it contributes none; NLVR2 lives in its own image space).
-TEST_SPLITS: dict[str, tuple[str, ...]] = {
-    "vqa": ("test",),
-    "gqa": ("test",),
-    "retrieval_coco": ("test",),
-    "retrieval_flickr30k": ("test",),
-    "refcoco": ("test",),
-    "refcoco_plus": ("test",),
-    "refcocog": ("test",),
-    "visual7w": ("test",),
-    "guesswhat": ("test",),
-    "snli_ve": ("test",),
-}
+
+def test_splits() -> dict[str, str]:
+    """Task -> its split whose images are "test" images, derived from the layouts: every task with
+    a test split that lives in a cleaned id space (VG QA has no test split and reports on its
+    cleaned val; NLVR2 lives in its own image space)."""
+    return {
+        t.slug: LAYOUTS[t.slug].test_split
+        for t in TASKS
+        if LAYOUTS[t.slug].id_space is not None and LAYOUTS[t.slug].test_split
+    }
 
 
 @dataclass
@@ -82,17 +78,16 @@ def collect_test_ids(data_root: str | Path, config: LoaderConfig | None = None) 
     )
     tokenizer = load_tokenizer()
     ids: dict[IdSpace, set[int]] = {space: set() for space in IdSpace}
-    for slug, splits in TEST_SPLITS.items():
+    for slug, split in test_splits().items():
         space = LAYOUTS[slug].id_space
         assert space is not None
-        for split in splits:
-            try:
-                ds = build_dataset(slug, data_root, split, config=cfg, tokenizer=tokenizer)
-            except FileNotFoundError as exc:
-                log.warning("%s/%s skipped: %s", slug, split, exc)
-                continue
-            for entry in ds.entries:
-                ids[space].update(ds.entry_clean_ids(entry))
+        try:
+            ds = build_dataset(slug, data_root, split, config=cfg, tokenizer=tokenizer)
+        except FileNotFoundError as exc:
+            log.warning("%s/%s skipped: %s", slug, split, exc)
+            continue
+        for entry in ds.entries:
+            ids[space].update(ds.entry_clean_ids(entry))
     vg_to_coco, vg_to_flickr = _id_maps(root)
     coco_to_vg = {c: v for v, c in vg_to_coco.items()}
     flickr_to_vg = {f: v for v, f in vg_to_flickr.items()}

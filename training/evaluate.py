@@ -34,7 +34,7 @@ def evaluate_checkpoint(
     if not root.is_dir():
         raise FileNotFoundError(f"data root not found: {root} (pass --data)")
     selected = [get_task(t) for t in (tasks or fit_cfg.get("tasks") or [t.slug for t in TASKS])]
-    loader_cfg = LoaderConfig.for_data_root(root / "datasets" if (root / "datasets").is_dir() else root)
+    loader_cfg = LoaderConfig.for_data_root(root)
     tokenizer = load_tokenizer()
     results = {}
     for task in selected:

@@ -7,7 +7,7 @@ from tqdm import tqdm
 
 from training.datasets import RetrievalEvalDataset, collate
 from training.metrics import MetricSum, RetrievalScoreMatrix, task_metric
-from training.step import task_logits
+from training.step import remap_task_ids, task_logits
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import Task
 
@@ -36,8 +36,7 @@ def evaluate_task(
     steps = range(0, n, batch_size)
     for start in tqdm(steps, desc=f"eval {task.slug}", disable=not progress, leave=False):
         batch = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
-        if token_map:
-            batch.task_ids = batch.task_ids.apply_(lambda t: token_map.get(t, t))
+        batch = remap_task_ids(batch, token_map)
         logits = task_logits(model, task, batch)
         if isinstance(dataset, RetrievalEvalDataset):
             matrix.add(batch, logits)

@@ -33,12 +33,12 @@ from training.datasets import LoaderConfig, build_dataset, split_names
 from training.dsg import StopAndGo
 from training.evaluation import evaluate_task
 from training.optim import base_lr, build_optimizer, loss_scales, warmup_linear
-from training.step import forward_loss
+from training.step import forward_loss, remap_task_ids
 from training.streams import TaskStream
 from vilbert.checkpoint import init_text_stream_from_hf_bert, load_checkpoint, save_checkpoint
 from vilbert.config import preset
 from vilbert.heads import MultiTaskViLBERT
-from vilbert.tasks import Task, get_task, tasks_for_endpoint
+from vilbert.tasks import TASKS, Endpoint, Head, Task, get_task, tasks_for_endpoint
 from vilbert.tokenizer import load_tokenizer, minilm_dir
 
 TRAINER_STATE = "trainer_state.pt"
@@ -68,12 +68,10 @@ def token_map(tasks: list[Task], mode: TaskTokens) -> dict[int, int]:
     """Task id -> the task-token row it uses (per-head: the first task of that head in the table)."""
     if mode is not TaskTokens.HEAD:
         return {}
-    first: dict[str, int] = {}
-    from vilbert.tasks import TASKS
-
+    first: dict[Head, int] = {}
     for t in TASKS:
-        first.setdefault(str(t.head), t.task_id)
-    return {t.task_id: first[str(t.head)] for t in tasks}
+        first.setdefault(t.head, t.task_id)
+    return {t.task_id: first[t.head] for t in tasks}
 
 
 def active_tasks(
@@ -88,7 +86,8 @@ def active_tasks(
         case ScheduleKind.ROUND_ROBIN:
             return list(tasks)
         case ScheduleKind.CURRICULUM | ScheduleKind.ANTI_CURRICULUM:
-            group = cfg.schedule.first_group or ("ground" if kind is ScheduleKind.CURRICULUM else "vqa")
+            default = Endpoint.GROUND if kind is ScheduleKind.CURRICULUM else Endpoint.VQA
+            group = cfg.schedule.first_group or default
             first = [t for t in tasks if t in tasks_for_endpoint(group)]
             in_first_phase = step < cfg.schedule.first_phase_epochs * steps_per_epoch
             return first if (in_first_phase and first) else list(tasks)
@@ -96,11 +95,9 @@ def active_tasks(
 
 
 def _rng_state() -> dict:
-    return {
-        "torch": torch.get_rng_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state()[1].tolist(),
-    }
+    # Only the generators the loop draws from: torch (dropout) and Python's `random`.  Batches and
+    # retrieval negatives come from seeded per-epoch generators and need no saved state.
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
 
 def _set_rng_state(state: dict) -> None:
@@ -156,9 +153,7 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         root = Path(cfg.data.root)
-        self.loader_cfg = loader_cfg = LoaderConfig.for_data_root(
-            root / "datasets" if (root / "datasets").is_dir() else root, clean=cfg.data.clean
-        )
+        self.loader_cfg = loader_cfg = LoaderConfig.for_data_root(root, clean=cfg.data.clean)
         self.train_sets, self.val_sets, self.streams = {}, {}, {}
         for t in self.tasks:
             splits = split_names(t)
@@ -301,9 +296,7 @@ class Trainer:
         while self.step < self.total_steps:
             it = self.step
             for task in active_tasks(cfg, self.tasks, it, self.steps_per_epoch, self.controllers):
-                batch = self.streams[task.slug].next_batch().to(self.device)
-                if self.tokens:
-                    batch.task_ids = batch.task_ids.apply_(lambda t: self.tokens.get(t, t))
+                batch = remap_task_ids(self.streams[task.slug].next_batch().to(self.device), self.tokens)
                 loss, _ = self.step_module(task, batch)
                 (loss * self.scales[task.slug]).backward()
                 if cfg.optim.max_grad_norm:

@@ -18,6 +18,13 @@ from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import Head, Loss, Readout, Task
 
 
+def remap_task_ids(batch: Batch, token_map: dict[int, int] | None) -> Batch:
+    """Point each row's task token at another row of the embedding (the per-head token ablation)."""
+    if token_map:
+        batch.task_ids = batch.task_ids.apply_(lambda t: token_map.get(t, t))
+    return batch
+
+
 def task_logits(model: MultiTaskViLBERT, task: Task, batch: Batch) -> Tensor:
     """Trunk over the N = B x P rows of the batch, then only this task's head."""
     out = model.trunk(**batch.trunk_inputs())

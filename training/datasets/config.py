@@ -38,10 +38,15 @@ class LoaderConfig:
 
     @classmethod
     def for_data_root(cls, data_root: str | Path | None = None, **overrides: object) -> LoaderConfig:
-        """Defaults, then `loader_config.json` under the data root (if any), then `overrides`."""
+        """Defaults, then `loader_config.json` (if any), then `overrides`.
+
+        `data_root` may be the data root or its `datasets/` directory: the file is looked for in the
+        directory itself, in its `datasets/` child, then in its parent.
+        """
         cfg = cls()
         if data_root is not None:
-            for candidate in (Path(data_root) / CONFIG_FILE, Path(data_root).parent / CONFIG_FILE):
+            root = Path(data_root)
+            for candidate in (root / CONFIG_FILE, root / "datasets" / CONFIG_FILE, root.parent / CONFIG_FILE):
                 if candidate.is_file():
                     cfg = cfg.updated(**json.loads(candidate.read_text()))
                     break
