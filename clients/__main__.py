@@ -22,6 +22,12 @@ import sys
 from collections.abc import Sequence
 
 from clients.sdk import DEFAULT_URL, APIError, Client
+from vilbert.tasks import Endpoint, tasks_for_endpoint
+
+
+def _datasets(endpoint: Endpoint) -> list[str]:
+    """`--dataset` choices of a command, from the task table (standard library only, no torch)."""
+    return [t.dataset for t in tasks_for_endpoint(endpoint)]
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
@@ -41,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("vqa", help="answer a question about an image")
     q.add_argument("image")
     q.add_argument("question")
-    q.add_argument("--dataset", default="vqa", choices=["vqa", "vg_qa", "gqa"])
+    q.add_argument("--dataset", default="vqa", choices=_datasets(Endpoint.VQA))
     q.add_argument("--top-k", type=int, default=5)
 
     g = sub.add_parser("ground", help="find the region an expression refers to")
@@ -50,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument(
         "--dataset",
         default="refcoco",
-        choices=["refcoco", "refcoco_plus", "refcocog", "visual7w", "guesswhat"],
+        choices=_datasets(Endpoint.GROUND),
     )
     g.add_argument("--candidate", type=_box, action="append", help="xmin,ymin,xmax,ymax (repeatable)")
     g.add_argument(
@@ -62,13 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("caption")
     r.add_argument("images", nargs="*")
     r.add_argument("--gallery")
-    r.add_argument("--dataset", default="coco", choices=["coco", "flickr30k"])
+    r.add_argument("--dataset", default="coco", choices=_datasets(Endpoint.RETRIEVE))
     r.add_argument("--top-k", type=int, default=10)
 
     v = sub.add_parser("verify", help="is a statement true of one (snli_ve) or two (nlvr2) images?")
     v.add_argument("statement")
     v.add_argument("images", nargs="+")
-    v.add_argument("--dataset", choices=["snli_ve", "nlvr2"])
+    v.add_argument("--dataset", choices=_datasets(Endpoint.VERIFY))
 
     u = sub.add_parser("upload", help="extract and cache an image's regions; prints its image_id")
     u.add_argument("image")

@@ -10,6 +10,21 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from vilbert.tasks import Endpoint, tasks_for_endpoint
+
+
+def _datasets(endpoint: Endpoint, default: str) -> tuple[object, str]:
+    """The `dataset` choices of an endpoint, generated from the task table, and its default."""
+    choices = tuple(t.dataset for t in tasks_for_endpoint(endpoint))
+    assert default in choices, f"default {default!r} is not a {endpoint} dataset"
+    return Literal[choices], default  # type: ignore[valid-type]
+
+
+VQADataset, VQA_DEFAULT = _datasets(Endpoint.VQA, "vqa")
+GroundDataset, GROUND_DEFAULT = _datasets(Endpoint.GROUND, "refcoco")
+RetrieveDataset, RETRIEVE_DEFAULT = _datasets(Endpoint.RETRIEVE, "coco")
+VerifyDataset, VERIFY_DEFAULT = _datasets(Endpoint.VERIFY, "snli_ve")
+
 GALLERY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
@@ -53,7 +68,7 @@ class ImagesRequest(Strict):
 class VQARequest(Strict):
     image: ImageRef
     question: str
-    dataset: Literal["vqa", "vg_qa", "gqa"] = "vqa"
+    dataset: VQADataset = VQA_DEFAULT
     top_k: int = Field(5, ge=1, le=1000)
 
 
@@ -64,7 +79,7 @@ class DialogTurn(Strict):
 
 class GroundRequest(Strict):
     image: ImageRef
-    dataset: Literal["refcoco", "refcoco_plus", "refcocog", "visual7w", "guesswhat"] = "refcoco"
+    dataset: GroundDataset = GROUND_DEFAULT
     expression: str | None = None
     dialog: list[DialogTurn] | None = Field(None, description="guesswhat: the dialog about the object")
     candidates: list[Box] | None = Field(
@@ -77,7 +92,7 @@ class RetrieveRequest(Strict):
     caption: str
     images: list[ImageRef] | None = None
     gallery: str | None = Field(None, pattern=GALLERY_NAME)
-    dataset: Literal["coco", "flickr30k"] = "coco"
+    dataset: RetrieveDataset = RETRIEVE_DEFAULT
     top_k: int = Field(10, ge=1, le=100_000)
 
     @model_validator(mode="after")
@@ -90,7 +105,7 @@ class RetrieveRequest(Strict):
 class VerifyRequest(Strict):
     images: list[ImageRef] = Field(..., min_length=1)
     statement: str
-    dataset: Literal["snli_ve", "nlvr2"] = "snli_ve"
+    dataset: VerifyDataset = VERIFY_DEFAULT
 
 
 class GalleryRequest(Strict):

@@ -31,7 +31,7 @@ from server.errors import (
 from server.metrics import Metrics
 from server.region_cache import CachedRegions, RegionCache
 from server.settings import Settings
-from vilbert.tasks import Endpoint, Head, Readout, Task, task_for_dataset
+from vilbert.tasks import Endpoint, Head, Readout, Task, task_for_dataset, tasks_for_endpoint
 
 WHOLE_IMAGE_LABEL = "whole image"
 
@@ -299,15 +299,18 @@ class Service:
         self, req: s.GroundRequest, uploads: Mapping[str, bytes], rid: str | None = None
     ) -> s.GroundResponse:
         task = task_for_dataset(Endpoint.GROUND, req.dataset)
-        if task.slug == "guesswhat":
+        if task.dialog:
             if not req.dialog:
-                raise InvalidInputError("dialog: guesswhat needs a dialog of question/answer turns", "dialog")
+                raise InvalidInputError(
+                    f"dialog: {req.dataset} needs a dialog of question/answer turns", "dialog"
+                )
             for i, turn in enumerate(req.dialog):
                 self.text(turn.question, f"dialog.{i}.question")
             text = self.text(dialog_text(req.dialog), "dialog")
         else:
             if req.dialog is not None:
-                raise InvalidInputError(f"dialog: only guesswhat takes a dialog, not {req.dataset}", "dialog")
+                takers = ", ".join(t.dataset for t in tasks_for_endpoint(Endpoint.GROUND) if t.dialog)
+                raise InvalidInputError(f"dialog: only {takers} takes a dialog, not {req.dataset}", "dialog")
             if req.expression is None:
                 raise InvalidInputError(f"expression: {req.dataset} needs an expression", "expression")
             text = self.text(req.expression, "expression")
@@ -342,9 +345,9 @@ class Service:
 
     def _candidates(self, req: s.GroundRequest, task: Task) -> np.ndarray | None:
         if req.candidates is None:
-            if task.slug == "visual7w":
+            if task.requires_candidates:
                 raise InvalidInputError(
-                    "candidates: visual7w chooses among candidate boxes; give them", "candidates"
+                    f"candidates: {req.dataset} chooses among candidate boxes; give them", "candidates"
                 )
             return None
         if task.readout is not Readout.BEST_CANDIDATE:

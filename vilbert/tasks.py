@@ -87,6 +87,10 @@ class Task:
     answer_vocab: str = ""  # name of the answer vocabulary file for ANSWER_VOCAB readouts
     metric: str = "accuracy"
     num_candidates: int = 0  # multiple-choice width (pointing: 4 or 204; retrieval training: 4)
+    # What a request brings besides the image: a question/answer dialog instead of one text
+    # (GuessWhat), and whether candidate boxes are mandatory (Visual7W points among given boxes).
+    dialog: bool = False
+    requires_candidates: bool = False
 
 
 NLVR2_LABELS = ("False", "True")
@@ -142,6 +146,7 @@ TASKS: tuple[Task, ...] = (
         batch_size=256,
         num_candidates=4,
         metric="pointing_accuracy",
+        requires_candidates=True,
     ),
     Task(
         "retrieval_coco",
@@ -282,6 +287,7 @@ TASKS: tuple[Task, ...] = (
         batch_size=64,
         num_candidates=204,
         metric="pointing_accuracy",
+        dialog=True,
     ),
 )
 
@@ -340,4 +346,6 @@ def as_dict(task: Task) -> dict[str, object]:
         "answer_vocab": task.answer_vocab,
         "metric": task.metric,
         "num_candidates": task.num_candidates,
+        "dialog": task.dialog,
+        "requires_candidates": task.requires_candidates,
     }
