@@ -1,7 +1,7 @@
 // The try-it page: plain JS over the gateway's JSON API (no build step).
 "use strict";
 
-const state = { imageId: null, image: null, boxes: [], examples: [], current: -1 };
+const state = { imageId: null, image: null, boxes: [], examples: [], current: -1, taskTable: [] };
 const $ = (id) => document.getElementById(id);
 const COLORS = ["#ff3b30", "#34c759", "#007aff", "#ff9500", "#af52de"];
 
@@ -14,6 +14,28 @@ async function api(method, path, body) {
   const data = await res.json();
   if (!res.ok) throw new Error(data.error ? `${res.status}: ${data.error.message}` : `HTTP ${res.status}`);
   return data;
+}
+
+// The `dataset` choices come from GET /tasks (the task table), never from a list in this page.
+function hint(task) {
+  if (task.requires_candidates) return " (detections as candidates)";
+  if (task.dialog) return " (expression as a one-turn dialog)";
+  if (task.images_per_example > 1) return " (this image + the next example)";
+  return "";
+}
+
+async function fillDatasets() {
+  const { tasks: rows } = await api("GET", "/tasks");
+  state.taskTable = rows;
+  document.querySelectorAll("select[data-endpoint]").forEach((sel) => {
+    const mine = rows.filter((t) => t.endpoint === sel.dataset.endpoint);
+    sel.innerHTML = mine.map((t) => `<option value="${t.dataset}">${t.dataset}${hint(t)}</option>`).join("");
+    sel.value = sel.dataset.default || mine[0].dataset;
+  });
+}
+
+function taskOf(endpoint, dataset) {
+  return state.taskTable.find((t) => t.endpoint === endpoint && t.dataset === dataset);
 }
 
 function show(html, isError) {
@@ -133,9 +155,10 @@ const tasks = {
     const dataset = $("ground-dataset").value;
     const text = $("ground-expression").value;
     const body = { image: needImage(), dataset, top_k: 3 };
-    if (dataset === "guesswhat") body.dialog = [{ question: text, answer: "yes" }];
+    const task = taskOf("ground", dataset);
+    if (task.dialog) body.dialog = [{ question: text, answer: "yes" }];
     else body.expression = text;
-    if (dataset === "visual7w") body.candidates = state.boxes.slice(0, 4).map((b) => b.box);
+    if (task.requires_candidates) body.candidates = state.boxes.slice(0, 4).map((b) => b.box);
     const res = await api("POST", "/ground", body);
     draw(res.regions);
     show(`${res.no_match ? "no confident match; best guesses" : "found"} (${res.task})` +
@@ -159,7 +182,7 @@ const tasks = {
   async verify() {
     const dataset = $("verify-dataset").value;
     const images = [needImage()];
-    if (dataset === "nlvr2") {
+    if (taskOf("verify", dataset).images_per_example > 1) {
       const ids = await exampleIds();
       images.push({ image_id: ids[(Math.max(state.current, 0) + 1) % ids.length] });
     }
@@ -179,6 +202,7 @@ $("file").addEventListener("change", (ev) => {
 });
 
 (async () => {
+  await fillDatasets();
   const data = await api("GET", "/examples");
   state.examples = data.examples;
   $("examples").innerHTML = data.examples
