@@ -598,6 +598,17 @@ class ImageRegions:
         )
 
 
+def _clipped_boxes(boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A copy of x1y1x2y2 pixel boxes clipped to the image; non-finite or inverted boxes are refused."""
+    b = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)
+    h, w = image.shape[:2]
+    if b.size and (not np.isfinite(b).all() or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any()):
+        raise ValueError("boxes must be finite x1,y1,x2,y2 with x2 >= x1 and y2 >= y1")
+    np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
+    np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
+    return b
+
+
 class RegionExtractor:
     """Batched, inference-only region extraction for one detector."""
 
@@ -634,25 +645,62 @@ class RegionExtractor:
         if len(images) != len(boxes):
             raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
         arrays = [as_rgb_array(im) for im in images]
-        given = [np.array(b, dtype=np.float32, copy=True).reshape(-1, 4) for b in boxes]  # clipped below
-        for arr, b in zip(arrays, given):
-            h, w = arr.shape[:2]
-            if b.size and (
-                not np.isfinite(b).all() or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any()
-            ):
-                raise ValueError("boxes must be finite x1,y1,x2,y2 with x2 >= x1 and y2 >= y1")
-            np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
-            np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
+        given = [_clipped_boxes(b, arr) for arr, b in zip(arrays, boxes)]
         out: list[ImageRegions] = []
         for i in range(0, len(arrays), self.batch_size):
             out.extend(self._run(arrays[i : i + self.batch_size], given[i : i + self.batch_size]))
         return out
 
+    def extract_with_boxes(
+        self,
+        images: Sequence[np.ndarray | DecodedImage | Image.Image],
+        box_sets: Sequence[Sequence[np.ndarray]],
+    ) -> list[tuple[ImageRegions, list[ImageRegions]]]:
+        """Per image: its detected regions and the features at each of its given box lists, from one
+        backbone pass (the same numbers as `extract` and `extract_at_boxes` called separately)."""
+        if len(images) != len(box_sets):
+            raise ValueError(f"{len(images)} images but {len(box_sets)} box-list sets")
+        arrays = [as_rgb_array(im) for im in images]
+        sets = [[_clipped_boxes(b, arr) for b in bs] for arr, bs in zip(arrays, box_sets)]
+        out: list[tuple[ImageRegions, list[ImageRegions]]] = []
+        for i in range(0, len(arrays), self.batch_size):
+            out.extend(self._run_with_boxes(arrays[i : i + self.batch_size], sets[i : i + self.batch_size]))
+        return out
+
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], given: list[np.ndarray] | None) -> list[ImageRegions]:
+        image_list, scales = preprocess(images, self.preset.preprocessing)
+        features = self.detector.backbone(image_list.tensors)
+        return self._regions(images, image_list, scales, features, given)
+
+    @torch.inference_mode()
+    def _run_with_boxes(
+        self, images: list[np.ndarray], sets: list[list[np.ndarray]]
+    ) -> list[tuple[ImageRegions, list[ImageRegions]]]:
+        image_list, scales = preprocess(images, self.preset.preprocessing)
+        features = self.detector.backbone(image_list.tensors)
+        detected = self._regions(images, image_list, scales, features, None)
+        at_boxes: list[list[ImageRegions]] = [[] for _ in images]
+        for r in range(max((len(s) for s in sets), default=0)):  # round r: each image's r-th box list
+            idx = [i for i, s in enumerate(sets) if len(s) > r]
+            sub = ImageList(image_list.tensors[idx], [image_list.image_sizes[i] for i in idx])
+            feats = {k: v[idx] for k, v in features.items()}
+            regions = self._regions(
+                [images[i] for i in idx], sub, [scales[i] for i in idx], feats, [sets[i][r] for i in idx]
+            )
+            for i, reg in zip(idx, regions):
+                at_boxes[i].append(reg)
+        return list(zip(detected, at_boxes))
+
+    def _regions(
+        self,
+        images: list[np.ndarray],
+        image_list: ImageList,
+        scales: list[float],
+        features: dict[str, Tensor],
+        given: list[np.ndarray] | None,
+    ) -> list[ImageRegions]:
         det, preset = self.detector, self.preset
-        image_list, scales = preprocess(images, preset.preprocessing)
-        features = det.backbone(image_list.tensors)
         if given is None:
             proposals, _ = det.rpn(image_list, features)
         else:

@@ -24,8 +24,8 @@ instances file (boxes ``[x, y, w, h]``, grouped by ``image_id`` and ordered by a
 
 Synthetic world (``--jobs D``): fills every LMDB listed in ``D/synthetic/feature_jobs.json`` (written
 by ``python -m training.synthetic``) under ``D/datasets/``, with exactly the keys the loaders query:
-detection LMDBs run the detector once per image however many LMDBs share it, GT-box LMDBs get
-features at the listed boxes in the listed order.  Resumable as above; a different detector or a
+each image runs the backbone once however many detection and GT-box LMDBs share it; GT-box
+LMDBs get features at the listed boxes in the listed order.  Resumable as above; a different detector or a
 regenerated world (fingerprint in ``D/synthetic/region_features.json``) starts the LMDBs afresh, so
 placeholder or stale records never survive.  Afterwards rebuild the retrieval hard-negative pools
 (``python -m training.datasets.retrieval --data-root D``), which depend on the features.
@@ -215,7 +215,7 @@ def extract_directory(
 @dataclass
 class JobStats:
     records: dict[str, int] = field(default_factory=dict)  # LMDB (relative to D/datasets) -> records
-    images_run: int = 0  # images through the detector (unique images, plus one per GT-box item)
+    images_run: int = 0  # images through the detector backbone (each unique image once)
     fresh: bool = False  # the LMDBs were started afresh (new detector or new world)
     failed: list[str] = field(default_factory=list)
     seconds: float = 0.0
@@ -235,6 +235,10 @@ def _decode_all(data: Path, rels: list[str], failed: list[str]) -> tuple[list, l
         except (ImageDecodeError, OSError) as e:
             failed.append(f"{rel}: {e}")
     return decoded, ok
+
+
+def _gt_boxes(item: dict) -> np.ndarray:
+    return np.asarray(item["gt_boxes"], dtype=np.float32).reshape(-1, 4)
 
 
 def extract_feature_jobs(
@@ -279,40 +283,40 @@ def extract_feature_jobs(
             writers[lmdb_name].put(regions.to_record(key, with_cls_prob=with_cls_prob))
             stats.records[lmdb_name] = stats.records.get(lmdb_name, 0) + 1
 
-        wanted: dict[str, list[tuple[str, str]]] = {}  # image -> (LMDB, key) pairs still missing
-        gt_items: list[tuple[str, dict]] = []
+        # Per image: the (LMDB, key) records of its detections still missing, and its GT-box records
+        # still missing.  An image needing both runs the backbone once (`extract_with_boxes`).
+        wanted: dict[str, list[tuple[str, str]]] = {}
+        gt_wanted: dict[str, list[tuple[str, dict]]] = {}
         for job in jobs:
             for item in job["items"]:
                 if item["key"] in writers[job["lmdb"]]:
                     continue
                 if job["kind"] == "gt_boxes":
-                    gt_items.append((job["lmdb"], item))
+                    gt_wanted.setdefault(item["image"], []).append((job["lmdb"], item))
                 else:
                     wanted.setdefault(item["image"], []).append((job["lmdb"], item["key"]))
+        images = list(wanted) + [im for im in gt_wanted if im not in wanted]
         bar = tqdm(
-            total=len(wanted) + len(gt_items),
+            total=len(images),
             desc=f"world features ({extractor.preset.name})",
             unit="img",
             disable=not progress,
             file=sys.stderr,
         )
-        images = list(wanted)
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             decoded, ok = _decode_all(data, chunk, stats.failed)
-            for i, regions in zip(ok, extractor.extract(decoded) if decoded else []):
-                for lmdb_name, key in wanted[chunk[i]]:
-                    put(lmdb_name, key, regions)
+            names = [chunk[i] for i in ok]
+            sets = [[_gt_boxes(item) for _, item in gt_wanted.get(n, [])] for n in names]
+            for name, (found, at_boxes) in zip(
+                names, extractor.extract_with_boxes(decoded, sets) if decoded else []
+            ):
+                for lmdb_name, key in wanted.get(name, []):
+                    put(lmdb_name, key, found)
+                for (lmdb_name, item), regions in zip(gt_wanted.get(name, []), at_boxes):
+                    put(lmdb_name, item["key"], regions)
             stats.images_run += len(ok)
             bar.update(len(chunk))
-        for start in range(0, len(gt_items), batch_size):
-            chunk_items = gt_items[start : start + batch_size]
-            decoded, ok = _decode_all(data, [item["image"] for _, item in chunk_items], stats.failed)
-            boxes = [np.asarray(chunk_items[i][1]["gt_boxes"], dtype=np.float32).reshape(-1, 4) for i in ok]
-            for i, regions in zip(ok, extractor.extract_at_boxes(decoded, boxes) if decoded else []):
-                put(chunk_items[i][0], chunk_items[i][1]["key"], regions)
-            stats.images_run += len(ok)
-            bar.update(len(chunk_items))
         bar.close()
     stats.seconds = time.perf_counter() - t0
     return stats

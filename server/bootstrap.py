@@ -5,9 +5,10 @@ Steps (each skipped when its output exists, so a second start goes straight to s
 1. synthetic world            python -m training.synthetic --out data/synthetic --size demo
 2. detector                   python -m regions.train --data data/synthetic --out artifacts/detector
 3. region features            python -m regions.extract --weights <detector> --jobs data/synthetic
-4. all-task demo training     python -m training.fit --config training/configs/demo.yaml [--resume]
-5. export                     python -m export --checkpoint runs/demo/model --out model_repository
-6. serve                      Triton on the repository (``--backend triton``, the default) + the gateway,
+4. retrieval negative pools   python -m training.datasets.retrieval --data-root data/synthetic
+5. all-task demo training     python -m training.fit --config training/configs/demo.yaml [--resume]
+6. export                     python -m export --checkpoint runs/demo/model --out model_repository
+7. serve                      Triton on the repository (``--backend triton``, the default) + the gateway,
                               or the gateway alone with onnxruntime in-process (``--backend local``).
 
 Every step streams its own progress; a failed step stops here with its exit status and the command
@@ -62,15 +63,21 @@ def steps(p: Paths) -> list[Step]:
         "5",
     ]  # recall 0.996 at 5 min on the demo world (see README)
     features = [py, "-m", "regions.extract", "--weights", str(p.detector), "--jobs", str(p.world)]
+    pools = [py, "-m", "training.datasets.retrieval", "--data-root", str(p.world)]
     fit = [py, "-m", "training.fit", "--config", "training/configs/demo.yaml"]
     if (p.checkpoint.parent / "checkpoints").is_dir():
         fit.append("--resume")  # an interrupted training run continues instead of starting over
     export = [py, "-m", "export", "--checkpoint", str(p.checkpoint), "--out", str(p.repository)]
-    export += ["--detector", str(p.detector)]
+    export += ["--detector", str(p.detector), "--no-int8-report"]  # serving needs fp32 only
     return [
         Step("synthetic world (all 12 datasets)", world, p.world / "summary.md"),
         Step("detector (about 5 minutes)", detector, p.detector),
         Step("region features of the synthetic world", features, STAMPS / "features.done", stamp=True),
+        Step(
+            "hard-negative pools of the retrieval tasks (from the region features)",
+            pools,
+            p.world / "datasets" / "cocoRetreival" / "hard_negative_cleaned.pkl",
+        ),
         Step("all-task demo training (about 15 minutes)", fit, p.checkpoint / "model.safetensors"),
         Step("export (ONNX graphs + Triton repository)", export, p.repository / "export.json"),
     ]
@@ -101,7 +108,8 @@ def serve(p: Paths, backend: str, host: str, port: int) -> None:
     args = ["--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint)]
     args += ["--detector-weights", str(p.detector), "--cache-dir", str(p.cache)]
     args += ["--model-repository", str(p.repository)]
-    print(f"[6/6] serving with the {backend} backend", flush=True)
+    n = len(steps(p)) + 1
+    print(f"[{n}/{n}] serving with the {backend} backend", flush=True)
     with contextlib.ExitStack() as stack:
         if backend == "triton":
             from server.triton import TritonServer

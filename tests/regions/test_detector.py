@@ -171,6 +171,27 @@ def test_gt_box_mode_keeps_all_given_boxes_in_order(extractor: RegionExtractor) 
         extractor.extract_at_boxes([images[0]], [np.array([[10, 10, 5, 5]])])
 
 
+def test_one_backbone_pass_for_detections_and_given_boxes(extractor: RegionExtractor) -> None:
+    images = random_images([(96, 128), (96, 128), (96, 128)], seed=5)
+    sets = [
+        [np.array([[10, 20, 60, 70]], np.float32), np.array([[0, 0, 128, 96], [5, 5, 40, 40]], np.float32)],
+        [],
+        [np.array([[30, 10, 90, 80]], np.float32)],
+    ]
+    both = extractor.extract_with_boxes(images, sets)
+    detected = extractor.extract(images)
+    assert [len(at) for _, at in both] == [2, 0, 1]
+    for image, (found, at_boxes), alone, given in zip(images, both, detected, sets):
+        np.testing.assert_allclose(found.features, alone.features, atol=1e-4)
+        np.testing.assert_allclose(found.boxes, alone.boxes, atol=1e-3)
+        for regions, boxes in zip(at_boxes, given):
+            separately = extractor.extract_at_boxes([image], [boxes])[0]
+            np.testing.assert_allclose(regions.boxes, boxes, atol=1e-4)
+            np.testing.assert_allclose(regions.features, separately.features, atol=1e-4)
+    with pytest.raises(ValueError, match="box-list sets"):
+        extractor.extract_with_boxes(images, sets[:2])
+
+
 def test_model_inputs_global_first(extractor: RegionExtractor) -> None:
     r = extractor(random_images([(90, 120)])[0])
     inp = r.inputs()

@@ -70,7 +70,11 @@ def test_bootstrap_skips_finished_steps(tmp_path, monkeypatch, capsys):
     calls: list[list[str]] = []
     monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
     bootstrap.build(p)
-    assert calls == [] and capsys.readouterr().out.count(": ready") == 5
+    assert calls == [] and capsys.readouterr().out.count(": ready") == 6
+    # Every input training reads is built before it: the retrieval loaders need the negative pools.
+    modules = [step.command[2] for step in bootstrap.steps(p)]
+    assert modules.index("training.datasets.retrieval") < modules.index("training.fit")
+    assert modules.index("regions.extract") < modules.index("training.datasets.retrieval")
     (p.repository / "export.json").unlink()
     bootstrap.build(p)
     assert len(calls) == 1 and calls[0][1:3] == ["-m", "export"]

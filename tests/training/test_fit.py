@@ -269,3 +269,27 @@ def test_ablation_runner_writes_the_comparison_table(data_root, tmp_path):
     text = doc.read_text()
     assert "| all_task |" in text and "| no_dsg |" in text and "| single_task |" in text
     assert "python -m training.fit" in text and "tasks=[refcoco]" in text
+    row = next(line for line in text.splitlines() if line.startswith("| all_task |"))
+
+    # A second pass reuses the finished all-task run (same config) and rewrites only its section.
+    doc.write_text("# Results\n\nhand-written intro\n\n" + text + "\nhand-written conclusion\n")
+    common = [
+        "--config",
+        str(ROOT / "training/configs/tiny.yaml"),
+        "--out",
+        str(tmp_path / "abl2"),
+        "--doc",
+        str(doc),
+        f"data.root={data_root}",
+        "tasks=[snli_ve,refcoco]",
+        "optim.default_batch_size=2",
+    ]
+    reuse = ["--variants", "all_task", "--reuse", f"all_task={tmp_path / 'abl' / 'all_task'}"]
+    assert ablations_main([*common, *reuse, "schedule.max_steps=3"]) == 0
+    again = doc.read_text()
+    assert again.startswith("# Results\n\nhand-written intro") and again.endswith("hand-written conclusion\n")
+    assert again.count("<!-- ablations:start -->") == 1 and row in again
+    assert "| no_dsg |" not in again and not (tmp_path / "abl2" / "all_task").exists()
+    # ...but refuses a run whose config differs.
+    with pytest.raises(SystemExit, match="max_steps|schedule"):
+        ablations_main([*common, *reuse, "schedule.max_steps=4"])
