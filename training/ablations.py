@@ -12,7 +12,8 @@ rest of the file is kept):
     no_dsg             all tasks, vanilla round-robin, tokens                (Table 6 row 4)
 
 `--reuse all_task=runs/demo` takes a finished run's `metrics.json` instead of training again, but
-only when that run's saved config is exactly the variant's config (apart from `out`).
+only when that run's saved config is exactly the variant's config (apart from `out`);
+`--reuse single_task=DIR` does so for each task's run in `DIR/<task>`.
 """
 
 from __future__ import annotations
@@ -40,7 +41,11 @@ START, END = "<!-- ablations:start -->", "<!-- ablations:end -->"
 
 
 def _comparable(cfg: dict) -> dict:
-    return {k: v for k, v in cfg.items() if k not in ("out", "progress", "tensorboard")}
+    """The config keys that change what a run trains (a disabled pre-filter's knobs do not)."""
+    skip = {"out", "progress", "tensorboard"}
+    if not (cfg.get("prefilter") or {}).get("enabled", False):
+        skip.add("prefilter")
+    return {k: v for k, v in cfg.items() if k not in skip}
 
 
 def run_variant(config: Path, overrides: list[str], out: Path, reuse: Path | None = None) -> dict[str, dict]:
@@ -81,17 +86,20 @@ def main(argv: list[str] | None = None) -> int:
             for slug in base.tasks:
                 extra = [*args.overrides, f"tasks=[{slug}]"]
                 out = args.out / variant / slug
-                rows = run_variant(args.config, extra, out)
+                done = reuse[variant] / slug if variant in reuse else None
+                rows = run_variant(args.config, extra, out, done)
                 results[variant][slug] = rows[slug].get("score", float("nan"))
-                commands[f"{variant}/{slug}"] = _command(args.config, extra, out)
-            minutes[variant] = (time.time() - t0) / 60
+                commands[f"{variant}/{slug}"] = _command(args.config, extra, done or out)
+            if variant not in reuse:
+                minutes[variant] = (time.time() - t0) / 60
             continue
         extra = [*args.overrides, *VARIANTS[variant]]
         out = args.out / variant
         rows = run_variant(args.config, extra, out, reuse.get(variant))
         results[variant] = {slug: r.get("score", float("nan")) for slug, r in rows.items()}
         commands[variant] = _command(args.config, extra, reuse.get(variant, out))
-        minutes[variant] = (time.time() - t0) / 60
+        if variant not in reuse:
+            minutes[variant] = (time.time() - t0) / 60
     args.doc.parent.mkdir(parents=True, exist_ok=True)
     section = _markdown(base.tasks, results, commands, minutes)
     old = args.doc.read_text() if args.doc.is_file() else ""
@@ -116,10 +124,16 @@ def _markdown(
 ) -> str:
     head = "| variant | " + " | ".join(tasks) + " | average |"
     spent = ", ".join(f"{v} {m:.0f}" for v, m in minutes.items())
+    reused = [v for v in results if v not in minutes]
+    notes = []
+    if spent:
+        notes.append(f"minutes per variant trained here: {spent}")
+    if reused:
+        notes.append(f"taken from finished runs: {', '.join(reused)}")
     lines = [
         START,
         "Test metric per task (VQA soft accuracy, R@1, grounding/pointing accuracy, accuracy), "
-        f"produced by `python -m training.ablations` (minutes per variant: {spent}).",
+        f"produced by `python -m training.ablations` ({'; '.join(notes)}).",
         "",
         head,
         "|---|" + "---:|" * (len(tasks) + 1),
@@ -128,7 +142,7 @@ def _markdown(
         values = [scores.get(t, float("nan")) for t in tasks]
         avg = sum(values) / len(values) if values else float("nan")
         lines.append(f"| {variant} | " + " | ".join(f"{v:.1f}" for v in values) + f" | {avg:.1f} |")
-    lines += ["", "## Commands", ""]
+    lines += ["", "Commands (each row's run):", ""]
     lines += [f"- `{name}`: `{cmd}`" for name, cmd in commands.items()]
     return "\n".join([*lines, "", END])
 
