@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 2
 
-.PHONY: help env test test-fast lint fmt check serve clean browser
+.PHONY: help env test test-fast lint fmt check audit bench serve clean browser
 
 help:
 	@echo "make serve   build the demo model if needed and start the API (see README)"
@@ -45,6 +45,15 @@ fmt: $(STAMP)
 
 check: lint
 	$(PY) -m export.check
+
+# Every performance figure side by side (docs/performance.md, bench/results/latest.json).
+bench: $(STAMP)
+	$(PY) -m bench
+
+# Dependency audit against the PyPA advisory database.  Needs PyPI's JSON API, which this workplace
+# cannot reach (every package is skipped there), so it is not part of `lint`; see docs/reliability.md.
+audit: $(STAMP)
+	$(PY) -m pip_audit -l --strict --progress-spinner off
 
 # Builds the demo model on first start (synthetic world -> detector -> features -> training ->
 # export), then starts Triton and the gateway on 127.0.0.1:8000.  TWELVE_BACKEND=local skips Triton.

@@ -70,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--gallery")
     r.add_argument("--dataset", default="coco", choices=_datasets(Endpoint.RETRIEVE))
     r.add_argument("--top-k", type=int, default=10)
+    r.add_argument("--mode", choices=["two_stage", "exhaustive"], help="default: the server's")
+    r.add_argument("--rerank-k", type=int, help="two_stage: candidates the trunk re-ranks")
 
     v = sub.add_parser("verify", help="is a statement true of one (snli_ve) or two (nlvr2) images?")
     v.add_argument("statement")
@@ -96,7 +98,15 @@ def run(args: argparse.Namespace, client: Client) -> object:
                 args.image, args.expression, args.dataset, args.top_k, args.candidate, args.turn
             )
         case "retrieve":
-            return client.retrieve(args.caption, args.images or None, args.gallery, args.dataset, args.top_k)
+            return client.retrieve(
+                args.caption,
+                args.images or None,
+                args.gallery,
+                args.dataset,
+                args.top_k,
+                args.mode,
+                args.rerank_k,
+            )
         case "verify":
             return client.verify(args.images, args.statement, args.dataset)
         case "upload":

@@ -110,6 +110,8 @@ class RankedImage:
 class RetrieveResult:
     task: str
     results: list[RankedImage]
+    mode: str = "exhaustive"  # the search that ran: "two_stage" or "exhaustive"
+    scored: int = 0  # images the trunk scored (the re-ranked candidates in two-stage search)
 
 
 @dataclass(frozen=True)
@@ -137,6 +139,7 @@ class GalleryInfo:
     name: str
     size: int
     image_ids: list[str] = field(default_factory=list)
+    prefilter: bool = False  # image embeddings stored for two-stage /retrieve
 
 
 def _region(d: dict) -> Region:
@@ -151,7 +154,10 @@ def _parse(kind: str, d: dict) -> Any:
             return GroundResult(d["task"], [_region(r) for r in d["regions"]], bool(d["no_match"]))
         case "retrieve":
             return RetrieveResult(
-                d["task"], [RankedImage(r["image_id"], r["score"], r["rank"]) for r in d["results"]]
+                d["task"],
+                [RankedImage(r["image_id"], r["score"], r["rank"]) for r in d["results"]],
+                d.get("mode", "exhaustive"),
+                int(d.get("scored", len(d["results"]))),
             )
         case "verify":
             return VerifyResult(d["task"], d["label"], dict(d["scores"]))
@@ -160,7 +166,7 @@ def _parse(kind: str, d: dict) -> Any:
                 d["image_id"], d["width"], d["height"], [_region(r) for r in d["boxes"]], d["cached"]
             )
         case "gallery":
-            return GalleryInfo(d["name"], d["size"], list(d["image_ids"]))
+            return GalleryInfo(d["name"], d["size"], list(d["image_ids"]), bool(d.get("prefilter", False)))
     return d
 
 
@@ -219,9 +225,19 @@ def ground_body(
 
 
 def retrieve_body(
-    caption: str, images: Iterable[ImageLike] | None, gallery: str | None, dataset: str, top_k: int
+    caption: str,
+    images: Iterable[ImageLike] | None,
+    gallery: str | None,
+    dataset: str,
+    top_k: int,
+    mode: str | None = None,
+    rerank_k: int | None = None,
 ) -> dict:
     body: dict[str, Any] = {"caption": caption, "dataset": dataset, "top_k": top_k}
+    if mode is not None:
+        body["mode"] = mode
+    if rerank_k is not None:
+        body["rerank_k"] = rerank_k
     if images is not None:
         body["images"] = [image_ref(i) for i in images]
     if gallery is not None:
@@ -337,8 +353,12 @@ class Client(_Base):
         gallery: str | None = None,
         dataset: str = "coco",
         top_k: int = 10,
+        mode: str | None = None,
+        rerank_k: int | None = None,
     ) -> RetrieveResult:
-        body = retrieve_body(caption, images, gallery, dataset, top_k)
+        """`mode`: "two_stage" (pre-filter, then the trunk re-ranks the top `rerank_k`) or "exhaustive";
+        None: the server's default (two-stage when the model has a pre-filter)."""
+        body = retrieve_body(caption, images, gallery, dataset, top_k, mode, rerank_k)
         return _parse("retrieve", self.request("POST", "/retrieve", body))
 
     def verify(self, images: Sequence[ImageLike], statement: str, dataset: str | None = None) -> VerifyResult:
@@ -425,8 +445,12 @@ class AsyncClient(_Base):
         gallery: str | None = None,
         dataset: str = "coco",
         top_k: int = 10,
+        mode: str | None = None,
+        rerank_k: int | None = None,
     ) -> RetrieveResult:
-        body = retrieve_body(caption, images, gallery, dataset, top_k)
+        """`mode`: "two_stage" (pre-filter, then the trunk re-ranks the top `rerank_k`) or "exhaustive";
+        None: the server's default (two-stage when the model has a pre-filter)."""
+        body = retrieve_body(caption, images, gallery, dataset, top_k, mode, rerank_k)
         return _parse("retrieve", await self.request("POST", "/retrieve", body))
 
     async def verify(

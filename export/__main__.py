@@ -15,6 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from export.quantize import DEFAULT_EXCLUDE, GROUPS, QuantizeOptions
 from export.triton_config import Backend, Deployment
 
 
@@ -30,9 +31,25 @@ def build_parser() -> argparse.ArgumentParser:
         "--data", type=Path, help="synthetic world for the metric gate (default: the training root)"
     )
     p.add_argument("--skip-metric", action="store_true", help="gate on generated inputs only")
-    p.add_argument("--max-examples", type=int, default=64, help="examples per task for the metric gate")
+    p.add_argument(
+        "--max-examples",
+        type=int,
+        default=None,
+        help="examples per task for the metric gate (default: 64 for fp32, 1000 for int8)",
+    )
     p.add_argument(
         "--int8-points", type=float, default=1.0, help="int8 gate: metric within this many points of PyTorch"
+    )
+    p.add_argument(
+        "--int8-exclude",
+        default=",".join(DEFAULT_EXCLUDE),
+        help="int8: module groups kept fp32 (" + ", ".join(GROUPS) + "; or fnmatch patterns of module "
+        "paths), comma-separated; 'none' quantizes every trunk matmul",
+    )
+    p.add_argument("--int8-heads", action="store_true", help="int8: quantize the head graphs too")
+    p.add_argument("--int8-per-channel", action="store_true", help="int8: per-channel weight scales")
+    p.add_argument(
+        "--int8-reduce-range", action="store_true", help="int8: 7-bit weights (for CPUs without VNNI)"
     )
     p.add_argument("--no-int8-report", action="store_true", help="fp32 exports: do not measure int8")
     p.add_argument(
@@ -83,6 +100,12 @@ def main(argv: list[str] | None = None) -> int:
         max_examples=args.max_examples,
         int8_points=args.int8_points,
         measure_int8=not args.no_int8_report,
+        quantize=QuantizeOptions(
+            exclude=tuple(x for x in args.int8_exclude.split(",") if x and x != "none"),
+            quantize_heads=args.int8_heads,
+            per_channel=args.int8_per_channel,
+            reduce_range=args.int8_reduce_range,
+        ),
         keep_work=args.keep_work,
     )
     try:

@@ -12,6 +12,7 @@ No torch and no weights: configs depend only on the model config and the task ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 import shutil
@@ -27,13 +28,16 @@ from vilbert.config import tiny
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "export" / "golden"
 # A fixed vocabulary stands in for the one `regions.train` reads from its training annotations.
 GOLDEN_DETECTOR_CLASSES = ("circle", "square", "triangle")
+GOLDEN_PREFILTER_DIM = 8
 
 
 def golden_spec() -> ExportSpec:
+    """The tiny model with the retrieval pre-filter (so its two graphs have goldens too)."""
     from regions.presets import SYNTHETIC
 
     detector = SYNTHETIC.for_dataset(GOLDEN_DETECTOR_CLASSES, ())
-    return build_spec(tiny(), detector_dims_from_preset(detector))
+    cfg = dataclasses.replace(tiny(), prefilter_dim=GOLDEN_PREFILTER_DIM)
+    return build_spec(cfg, detector_dims_from_preset(detector))
 
 
 def render_goldens(root: Path) -> list[Path]:

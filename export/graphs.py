@@ -32,8 +32,12 @@ from export.spec import (
     BOXES,
     HEIGHT,
     MIN_TEXT_TOKENS,
+    PREFILTER_TEXT,
     REGIONS,
     TEXT,
+    TEXT_MASK,
+    TEXT_PREFIX,
+    TOKENS,
     WIDTH,
     DetectorDims,
     DType,
@@ -42,6 +46,7 @@ from export.spec import (
     detector_dims_from_preset,
 )
 from vilbert.heads import MultiTaskViLBERT
+from vilbert.modeling import TextPrefix
 from vilbert.tasks import Head
 
 OPSET = 18
@@ -72,6 +77,60 @@ class TrunkGraph(nn.Module):
     ) -> tuple[Tensor, Tensor]:
         out = self.trunk(input_ids, attention_mask, task_ids, region_features, region_locations, region_mask)
         return out.fused, out.region_states
+
+
+class TextPrefixGraph(nn.Module):
+    """text_prefix: input_ids, attention_mask, task_ids -> (text_states, text_mask)."""
+
+    def __init__(self, model: MultiTaskViLBERT) -> None:
+        super().__init__()
+        self.trunk = model.trunk
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, task_ids: Tensor) -> tuple[Tensor, Tensor]:
+        prefix = self.trunk.encode_text_prefix(input_ids, attention_mask, task_ids)
+        return prefix.states, prefix.mask
+
+
+class JointGraph(nn.Module):
+    """joint: text_prefix's outputs + the three region inputs -> (fused, region_states), as `trunk`."""
+
+    def __init__(self, model: MultiTaskViLBERT) -> None:
+        super().__init__()
+        self.trunk = model.trunk
+
+    def forward(
+        self,
+        text_states: Tensor,
+        text_mask: Tensor,
+        region_features: Tensor,
+        region_locations: Tensor,
+        region_mask: Tensor,
+    ) -> tuple[Tensor, Tensor]:
+        prefix = TextPrefix(text_states, text_mask)
+        out = self.trunk.encode_joint(prefix, region_features, region_locations, region_mask)
+        return out.fused, out.region_states
+
+
+class PrefilterTextGraph(nn.Module):
+    """prefilter_text: text_states, text_mask -> caption_embedding (B, D)."""
+
+    def __init__(self, model: MultiTaskViLBERT) -> None:
+        super().__init__()
+        self.prefilter = model.require_prefilter()
+
+    def forward(self, text_states: Tensor, text_mask: Tensor) -> Tensor:
+        return self.prefilter.caption_embedding(text_states, text_mask)
+
+
+class PrefilterImageGraph(nn.Module):
+    """prefilter_image: region_features, region_locations, region_mask -> image_embedding (B, D)."""
+
+    def __init__(self, model: MultiTaskViLBERT) -> None:
+        super().__init__()
+        self.prefilter = model.require_prefilter()
+
+    def forward(self, region_features: Tensor, region_locations: Tensor, region_mask: Tensor) -> Tensor:
+        return self.prefilter.image_embedding(region_features, region_locations, region_mask)
 
 
 class FusedHeadGraph(nn.Module):
@@ -157,6 +216,12 @@ def graph_module(graph: GraphSpec, model: MultiTaskViLBERT | None, detector: nn.
                     module = PairHeadGraph(model)
                 case _:
                     module = FusedHeadGraph(model, graph.head)
+        case GraphKind.TRUNK_SPLIT:
+            assert model is not None
+            module = TextPrefixGraph(model) if graph.name == TEXT_PREFIX else JointGraph(model)
+        case GraphKind.PREFILTER:
+            assert model is not None
+            module = PrefilterTextGraph(model) if graph.name == PREFILTER_TEXT else PrefilterImageGraph(model)
         case GraphKind.DETECTOR:
             assert detector is not None
             module = BackboneGraph(detector) if graph.inputs[0].name == "images" else BoxHeadGraph(detector)
@@ -190,8 +255,8 @@ def sample_inputs(
         shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.shape)
         if t.name == "input_ids":
             out[t.name] = rng.integers(1, vocab_size, size=shape, dtype=np.int64)
-        elif t.name in ("attention_mask", "region_mask"):
-            mask = np.ones(shape, dtype=np.int64)
+        elif t.name in ("attention_mask", "region_mask", TEXT_MASK):
+            mask = np.ones(shape, dtype=t.dtype.numpy)
             keep = max(1, shape[1] // 2) if t.name == "region_mask" else max(2, shape[1] // 2)
             mask[0, keep:] = 0
             out[t.name] = mask
@@ -213,7 +278,7 @@ def sample_inputs(
 
 # Axis sizes of the example the exporter traces with: distinct, and none of them 0 or 1, so
 # torch.export can neither specialise an axis to a constant nor mistake two axes for one.
-TRACE_SIZES = {BATCH: 2, TEXT: 7, REGIONS: 9, BOXES: 5, HEIGHT: 64, WIDTH: 96}
+TRACE_SIZES = {BATCH: 2, TEXT: 7, TOKENS: 8, REGIONS: 9, BOXES: 5, HEIGHT: 64, WIDTH: 96}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,7 +305,12 @@ def _quiet() -> Iterator[None]:
 
 
 def _torch_dims(graph: GraphSpec, max_text: int) -> dict[str, object]:
-    bounds = {TEXT: (MIN_TEXT_TOKENS, max_text), HEIGHT: (32, 4096), WIDTH: (32, 4096)}
+    bounds = {
+        TEXT: (MIN_TEXT_TOKENS, max_text),
+        TOKENS: (MIN_TEXT_TOKENS, max_text + 1),
+        HEIGHT: (32, 4096),
+        WIDTH: (32, 4096),
+    }
     dims: dict[str, object] = {}
     for t in graph.inputs:
         for name in t.dynamic_axes.values():

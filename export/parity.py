@@ -10,7 +10,9 @@ Two checks per task, both run by `python -m export` before a repository is writt
    within 1 point in int8.  Where a test split has no labels (VQA's test-std answers are withheld)
    or no test split exists (VG QA), the validation split is used and the report says so.
 
-Plus the detector graphs, when exported: backbone pyramid and box-head outputs vs PyTorch.
+Plus the detector graphs, when exported: backbone pyramid and box-head outputs vs PyTorch; and the
+split trunk (`text_prefix` -> `joint`, one caption against several images as retrieval runs it) and
+the pre-filter encoders, vs PyTorch at the same fp32 tolerance.
 """
 
 from __future__ import annotations
@@ -27,7 +29,24 @@ from torch import Tensor
 
 from export.graphs import sample_inputs
 from export.runtime import OnnxGraphs
-from export.spec import BATCH, DETECTOR_BACKBONE, DETECTOR_BOX_HEAD, REGIONS, TEXT, ExportSpec
+from export.spec import (
+    BATCH,
+    CAPTION_EMBEDDING,
+    DETECTOR_BACKBONE,
+    DETECTOR_BOX_HEAD,
+    FUSED,
+    IMAGE_EMBEDDING,
+    JOINT,
+    PREFILTER_IMAGE,
+    PREFILTER_TEXT,
+    REGION_STATES,
+    REGIONS,
+    TEXT,
+    TEXT_MASK,
+    TEXT_PREFIX,
+    TEXT_STATES,
+    ExportSpec,
+)
 from vilbert.config import ViLBERTConfig
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import TASKS, Head, Task
@@ -206,20 +225,32 @@ class DetectorParity:
 
 
 @dataclass
+class GraphParity:
+    """One graph (or chain of graphs) vs PyTorch on generated inputs."""
+
+    graph: str
+    max_abs_diff: float
+    max_abs_value: float
+    failures: list[str] = field(default_factory=list)
+
+
+@dataclass
 class GateResult:
     tasks: list[TaskParity]
     detector: list[DetectorParity]
     gated_precision: str
     metric_measured: bool
     seconds: float
+    split: list[GraphParity] = field(default_factory=list)  # text_prefix/joint and the pre-filter
 
     @property
     def passed(self) -> bool:
-        return all(t.passed for t in self.tasks) and all(not d.failures for d in self.detector)
+        checks = [*self.detector, *self.split]
+        return all(t.passed for t in self.tasks) and all(not d.failures for d in checks)
 
     def failures(self) -> list[str]:
         out = [f"{t.task}: {f}" for t in self.tasks for f in t.failures]
-        return out + [f"{d.graph}: {f}" for d in self.detector for f in d.failures]
+        return out + [f"{d.graph}: {f}" for d in [*self.detector, *self.split] for f in d.failures]
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -229,6 +260,7 @@ class GateResult:
             "seconds": round(self.seconds, 2),
             "tasks": [asdict(t) | {"passed": t.passed} for t in self.tasks],
             "detector": [asdict(d) for d in self.detector],
+            "split": [asdict(d) for d in self.split],
         }
 
 
@@ -245,6 +277,7 @@ def run_gate(
     detector: torch.nn.Module | None = None,
     seed: int = 0,
     log=print,
+    max_captions: int | None = None,
 ) -> GateResult:
     """Run both checks for every task (and the detector graphs); nothing raises on a failed check."""
     started = time.perf_counter()
@@ -260,16 +293,19 @@ def run_gate(
                 model, int8, task, np.random.default_rng(seed + task.task_id)
             )
         if data_root is not None:
-            data = metric_dataset(task, data_root, max_examples, model.config)
+            # Retrieval ranks each caption against the whole test gallery (one trunk row per image):
+            # `max_captions` caps its captions separately from the other tasks' examples.
+            n = max_captions if max_captions is not None and task.head is Head.MATCH else max_examples
+            data = metric_dataset(task, data_root, n, model.config)
             row.split, row.split_note = data.split, data.note
-            ref = task_metric(model, task, data, max_examples)
+            ref = task_metric(model, task, data, n)
             row.examples = int(ref["examples"])
             row.metric_torch = ref["score"]
-            row.metric_fp32 = task_metric(OnnxModel(fp32), task, data, max_examples)["score"]
+            row.metric_fp32 = task_metric(OnnxModel(fp32), task, data, n)["score"]
             if abs(row.metric_fp32 - row.metric_torch) > FP32_METRIC_POINTS:
                 row.failures.append(f"fp32 metric {row.metric_fp32:.4f} != PyTorch {row.metric_torch:.4f}")
             if int8 is not None:
-                row.metric_int8 = task_metric(OnnxModel(int8), task, data, max_examples)["score"]
+                row.metric_int8 = task_metric(OnnxModel(int8), task, data, n)["score"]
                 if gate_int8 and abs(row.metric_int8 - row.metric_torch) > int8_points:
                     row.failures.append(
                         f"int8 metric {row.metric_int8:.2f} is {abs(row.metric_int8 - row.metric_torch):.2f} "
@@ -289,13 +325,80 @@ def run_gate(
         )
         results.append(row)
     det = detector_parity(detector, fp32, tolerance, seed) if detector is not None else []
+    split = split_parity(model, fp32, tolerance, seed)
+    for row in split:
+        log(f"  {row.graph:<20} max|diff| fp32 {row.max_abs_diff:.2e}" + ("  FAIL" if row.failures else ""))
     return GateResult(
         results,
         det,
         "int8" if gate_int8 else "fp32",
         data_root is not None,
         time.perf_counter() - started,
+        split,
     )
+
+
+@torch.no_grad()
+def split_parity(
+    model: MultiTaskViLBERT, graphs: OnnxGraphs, tolerance: float, seed: int = 0, images: int = 3
+) -> list[GraphParity]:
+    """The split trunk and the pre-filter graphs vs PyTorch, at the first match task's table shape.
+
+    Retrieval's way: one caption (`text_prefix` once), its states repeated over `images` images
+    (`joint`), then `head_match`, against `MultiTaskViLBERT`'s trunk + match head over the same rows.
+    Graphs the export does not hold (a model without the pre-filter) are skipped.
+    """
+    spec = graphs.spec
+    names = {g.name for g in spec.graphs}
+    if not {TEXT_PREFIX, JOINT} <= names:
+        return []
+    task = next(t for t in TASKS if t.head is Head.MATCH)
+    rng = np.random.default_rng(seed + 1000)
+    feeds = task_inputs(spec, task, rng, batch=images)  # padded row 0: masks exercised
+    feeds["input_ids"] = np.repeat(feeds["input_ids"][:1], images, 0)  # one caption, N images
+    feeds["attention_mask"] = np.repeat(feeds["attention_mask"][:1], images, 0)
+    t = {k: torch.from_numpy(v) for k, v in feeds.items()}
+    rows: list[GraphParity] = []
+
+    def check(name: str, got: np.ndarray, ref: Tensor) -> None:
+        r = ref.numpy()
+        diff = float(np.abs(got - r).max()) if got.shape == r.shape else float("inf")
+        row = GraphParity(name, diff, float(np.abs(r).max()))
+        if not diff <= tolerance:
+            row.failures.append(f"max |diff| {diff:.3g} > {tolerance:g} (shape {got.shape} vs {r.shape})")
+        rows.append(row)
+
+    model = model.eval()
+    prefix = model.trunk.encode_text_prefix(t["input_ids"][:1], t["attention_mask"][:1], t["task_ids"][:1])
+    got = graphs.run(TEXT_PREFIX, {k: feeds[k][:1] for k in ("input_ids", "attention_mask", "task_ids")})
+    check(TEXT_PREFIX, got[TEXT_STATES], prefix.states)
+    check(f"{TEXT_PREFIX} ({TEXT_MASK})", got[TEXT_MASK], prefix.mask)
+    region_feeds = {k: feeds[k] for k in ("region_features", "region_locations", "region_mask")}
+    joint = graphs.run(
+        JOINT,
+        {
+            TEXT_STATES: np.repeat(got[TEXT_STATES], images, 0),
+            TEXT_MASK: np.repeat(got[TEXT_MASK], images, 0),
+            **region_feeds,
+        },
+    )
+    ref = model.trunk(**t)
+    check(f"{JOINT} ({FUSED})", joint[FUSED], ref.fused)
+    check(f"{JOINT} ({REGION_STATES})", joint[REGION_STATES], ref.region_states)
+    logits = graphs.head_logits(Head.MATCH, joint, feeds["region_mask"])
+    check(
+        f"{TEXT_PREFIX} -> {JOINT} -> head_match",
+        logits,
+        model.head_logits(Head.MATCH, ref, t["region_mask"]),
+    )
+    if {PREFILTER_TEXT, PREFILTER_IMAGE} <= names:
+        head = model.require_prefilter()
+        caption = graphs.run(PREFILTER_TEXT, {TEXT_STATES: got[TEXT_STATES], TEXT_MASK: got[TEXT_MASK]})
+        check(PREFILTER_TEXT, caption[CAPTION_EMBEDDING], head.caption_embedding(prefix.states, prefix.mask))
+        image = graphs.run(PREFILTER_IMAGE, region_feeds)
+        ref_image = head.image_embedding(t["region_features"], t["region_locations"], t["region_mask"])
+        check(PREFILTER_IMAGE, image[IMAGE_EMBEDDING], ref_image)
+    return rows
 
 
 @torch.no_grad()

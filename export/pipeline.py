@@ -23,9 +23,9 @@ from export.graphs import (
     file_bytes,
     graph_module,
     optimize_onnx,
-    quantize_int8,
 )
 from export.parity import FP32_TOLERANCE, INT8_METRIC_POINTS, run_gate
+from export.quantize import QuantizeOptions, quantize_graph
 from export.report import write_report
 from export.repository import write_repository
 from export.runtime import OnnxGraphs
@@ -39,6 +39,18 @@ class Precision(enum.StrEnum):
     FP32 = "fp32"
     INT8 = "int8"  # onnxruntime dynamic quantization (CPU)
     FP16 = "fp16"  # CUDA hosts only
+
+
+# Examples per task for the metric half of the gate.  fp32 must leave the metric unchanged, which any
+# count shows; int8 must stay within 1 point, and one flipped answer in 64 examples is 1.6 points, so
+# int8 gates on (up to) 1000 examples: every example of the synthetic test splits (123-750 each).
+# Retrieval captions stay at 64 (each is ranked against the whole test gallery: 150 trunk rows).
+FP32_GATE_EXAMPLES = 64
+INT8_GATE_EXAMPLES = 1000
+
+
+def gate_examples(precision: Precision) -> int:
+    return INT8_GATE_EXAMPLES if precision is Precision.INT8 else FP32_GATE_EXAMPLES
 
 
 class ExportSkippedError(RuntimeError):
@@ -59,10 +71,11 @@ class ExportOptions:
     detector: Path | None = None  # detector weights (safetensors + preset JSON), optional
     data_root: Path | None = None  # synthetic world for the metric half of the gate
     skip_metric: bool = False  # gate on generated inputs only (the report says so)
-    max_examples: int = 64
+    max_examples: int | None = None  # per task for the metric gate; None: gate_examples(precision)
     tolerance: float = FP32_TOLERANCE
     int8_points: float = INT8_METRIC_POINTS
     measure_int8: bool = True  # quantize and measure int8 even for fp32 exports (report only)
+    quantize: QuantizeOptions = field(default_factory=QuantizeOptions)  # what int8 keeps in fp32
     keep_work: bool = False
 
 
@@ -140,7 +153,12 @@ def load_inputs(checkpoint: Path, detector_weights: Path | None = None) -> Loade
 
 
 def export_graphs(
-    loaded: Loaded, work: Path, backend: Backend, int8: bool, log: Callable[[str], None] = print
+    loaded: Loaded,
+    work: Path,
+    backend: Backend,
+    int8: bool,
+    log: Callable[[str], None] = print,
+    quantize: QuantizeOptions | None = None,
 ) -> ExportedGraphs:
     """Every graph of the spec to ONNX, optimised for `backend`, and (if `int8`) quantized."""
     started = time.perf_counter()
@@ -165,7 +183,13 @@ def export_graphs(
         # The detector stays fp32 in int8 repositories: dynamic quantization targets matmuls, and
         # the convolutional backbone is where region features come from.
         if int8 and graph.kind is not GraphKind.DETECTOR:
-            served_int8[graph.name] = quantize_int8(basic[graph.name], work / "int8" / f"{graph.name}.onnx")
+            served_int8[graph.name] = quantize_graph(
+                basic[graph.name],
+                work / "int8" / f"{graph.name}.onnx",
+                quantize,
+                raw=raw,
+                head=graph.kind is GraphKind.HEAD,
+            )
         elif int8:
             served_int8[graph.name] = served_fp32[graph.name]
         weights, nodes = _graph_size(served_fp32[graph.name])
@@ -195,7 +219,9 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> Expor
     data_root = _data_root(opts, loaded.meta)
     out = Path(opts.out)
     want_int8 = opts.precision is Precision.INT8 or (opts.measure_int8 and backend is not Backend.TENSORRT)
-    exported = export_graphs(loaded, out.with_name(f".{out.name}.work"), backend, want_int8, log)
+    exported = export_graphs(
+        loaded, out.with_name(f".{out.name}.work"), backend, want_int8, log, opts.quantize
+    )
     return finish_export(opts, loaded, exported, data_root, log)
 
 
@@ -218,7 +244,8 @@ def finish_export(
         OnnxGraphs(spec, exported.int8, threads) if exported.int8 is not None else None,
         gate_int8=opts.precision is Precision.INT8,
         data_root=data_root,
-        max_examples=opts.max_examples,
+        max_examples=opts.max_examples or gate_examples(opts.precision),
+        max_captions=min(opts.max_examples or FP32_GATE_EXAMPLES, FP32_GATE_EXAMPLES),
         tolerance=opts.tolerance,
         int8_points=opts.int8_points,
         detector=loaded.detector,
@@ -265,6 +292,7 @@ def finish_export(
         "version": opts.version,
         "tolerance": opts.tolerance,
         "int8_points": opts.int8_points,
+        "int8_quantization": opts.quantize.label() if exported.int8 is not None else None,
         "data_root": str(data_root) if data_root else None,
         "seconds": {"export": round(exported.seconds, 2)},
         "gate": gate.as_dict() | {"failures": gate.failures()},

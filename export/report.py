@@ -55,6 +55,16 @@ def render_markdown(report: dict) -> str:
         lines += ["", "## Detector graphs", "", "| graph | max diff | max abs value |", "|---|---:|---:|"]
         for d in gate["detector"]:
             lines.append(f"| {d['graph']} | {d['max_abs_diff']:.2e} | {d['max_abs_value']:.3g} |")
+    if gate.get("split"):
+        lines += [
+            "",
+            "## Split trunk and pre-filter graphs (retrieval: one caption, several images)",
+            "",
+            "| graph | max diff | max abs value |",
+            "|---|---:|---:|",
+        ]
+        for d in gate["split"]:
+            lines.append(f"| {d['graph']} | {d['max_abs_diff']:.2e} | {d['max_abs_value']:.3g} |")
     lines += [
         "",
         "## Graphs",

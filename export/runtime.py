@@ -34,6 +34,7 @@ def make_session(path: Path, threads: int = 1, providers: list[str] | None = Non
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as server/backend.py
     return ort.InferenceSession(str(path), options, providers=providers or ["CPUExecutionProvider"])
 
 

@@ -19,6 +19,19 @@ Graphs (one Triton model each)::
 
 Per-task routing (`Route`): the client runs `trunk` with the task's id in `task_ids`, then the
 task's head graph; for multi-image tasks it regroups the trunk's `fused` rows into `fused_pairs`.
+
+The trunk split in two, for retrieval (one caption against many images: the image-free text
+prefix runs once per query, not once per image), beside `trunk`, which stays as it is::
+
+    text_prefix        input_ids, attention_mask, task_ids -> text_states (B, K, H_t), text_mask (B, K)
+                       (K = tokens after the task token is spliced in)
+    joint              text_states, text_mask, region_features, region_locations, region_mask
+                       -> fused, region_states  (the same outputs as `trunk`)
+
+and, for a model with the retrieval pre-filter (config `prefilter_dim > 0`)::
+
+    prefilter_text     text_states, text_mask -> caption_embedding (B, D)   (reads text_prefix's output)
+    prefilter_image    region_features, region_locations, region_mask -> image_embedding (B, D)
 """
 
 from __future__ import annotations
@@ -36,11 +49,16 @@ TRUNK = "trunk"
 HEAD_PREFIX = "head_"
 DETECTOR_BACKBONE = "detector_backbone"
 DETECTOR_BOX_HEAD = "detector_box_head"
+TEXT_PREFIX = "text_prefix"
+JOINT = "joint"
+PREFILTER_TEXT = "prefilter_text"
+PREFILTER_IMAGE = "prefilter_image"
 
 # Symbolic axes of the graphs (ONNX dim_param names; -1 in Triton configs).
 BATCH = "batch"  # trunk rows: (text, image) pairs
 TEXT = "text"  # text tokens incl. [CLS]/[SEP], before the model adds the task token
 REGIONS = "regions"  # regions per image, global region included
+TOKENS = "tokens"  # text positions after the model splices in the task token (text + 1)
 BOXES = "boxes"  # detector boxes (proposals) of one call
 HEIGHT, WIDTH = "height", "width"  # padded detector input
 
@@ -94,7 +112,9 @@ class TensorSpec:
 
 class GraphKind(enum.StrEnum):
     TRUNK = "trunk"
+    TRUNK_SPLIT = "trunk_split"  # text_prefix / joint: the trunk in two parts
     HEAD = "head"
+    PREFILTER = "prefilter"  # the retrieval pre-filter's two encoders
     DETECTOR = "detector"
 
 
@@ -168,6 +188,10 @@ FUSED = "fused"
 REGION_STATES = "region_states"
 FUSED_PAIRS = "fused_pairs"
 LOGITS = "logits"
+TEXT_STATES = "text_states"
+TEXT_MASK = "text_mask"
+CAPTION_EMBEDDING = "caption_embedding"
+IMAGE_EMBEDDING = "image_embedding"
 
 
 def trunk_graph(cfg: ViLBERTConfig) -> GraphSpec:
@@ -191,6 +215,75 @@ def trunk_graph(cfg: ViLBERTConfig) -> GraphSpec:
         dynamic_batching=True,
         description="ViLBERT trunk shared by all twelve tasks (task token chosen by task_ids)",
     )
+
+
+def _text_inputs() -> tuple[TensorSpec, ...]:
+    text = (BATCH, TEXT)
+    return (
+        TensorSpec("input_ids", DType.INT64, text),
+        TensorSpec("attention_mask", DType.INT64, text),
+        TensorSpec("task_ids", DType.INT64, (BATCH,)),
+    )
+
+
+def _region_inputs(cfg: ViLBERTConfig) -> tuple[TensorSpec, ...]:
+    regions = (BATCH, REGIONS)
+    return (
+        TensorSpec("region_features", DType.FP32, (*regions, cfg.v_feature_size)),
+        TensorSpec("region_locations", DType.FP32, (*regions, LOCATION_DIM)),
+        TensorSpec("region_mask", DType.INT64, regions),
+    )
+
+
+def _text_state_tensors(cfg: ViLBERTConfig) -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec(TEXT_STATES, DType.FP32, (BATCH, TOKENS, cfg.hidden_size)),
+        TensorSpec(TEXT_MASK, DType.FP32, (BATCH, TOKENS)),
+    )
+
+
+def split_graphs(cfg: ViLBERTConfig) -> tuple[GraphSpec, GraphSpec]:
+    """`text_prefix` and `joint`: the trunk in two, so a caption's prefix is computed once per query."""
+    prefix = GraphSpec(
+        name=TEXT_PREFIX,
+        kind=GraphKind.TRUNK_SPLIT,
+        inputs=_text_inputs(),
+        outputs=_text_state_tensors(cfg),
+        batched=True,
+        description="trunk part 1: embeddings + the image-free text layers (once per query)",
+    )
+    joint = GraphSpec(
+        name=JOINT,
+        kind=GraphKind.TRUNK_SPLIT,
+        inputs=(*_text_state_tensors(cfg), *_region_inputs(cfg)),
+        outputs=trunk_graph(cfg).outputs,
+        batched=True,
+        dynamic_batching=True,
+        description="trunk part 2: co-attention and the rest, on text_prefix's states (rows: text, image)",
+    )
+    return prefix, joint
+
+
+def prefilter_graphs(cfg: ViLBERTConfig) -> tuple[GraphSpec, GraphSpec]:
+    """The retrieval pre-filter's caption and image encoders (models with `prefilter_dim > 0`)."""
+    dim = cfg.prefilter_dim
+    text = GraphSpec(
+        name=PREFILTER_TEXT,
+        kind=GraphKind.PREFILTER,
+        inputs=_text_state_tensors(cfg),
+        outputs=(TensorSpec(CAPTION_EMBEDDING, DType.FP32, (BATCH, dim)),),
+        batched=True,
+        description="retrieval pre-filter: caption embedding from text_prefix's states (unit vectors)",
+    )
+    image = GraphSpec(
+        name=PREFILTER_IMAGE,
+        kind=GraphKind.PREFILTER,
+        inputs=_region_inputs(cfg),
+        outputs=(TensorSpec(IMAGE_EMBEDDING, DType.FP32, (BATCH, dim)),),
+        batched=True,
+        description="retrieval pre-filter: image embedding from region features alone (unit vectors)",
+    )
+    return text, image
 
 
 def head_classes(head: Head, cfg: ViLBERTConfig) -> int | str:
@@ -365,13 +458,16 @@ def axis_ranges(cfg: ViLBERTConfig) -> dict[str, AxisRange]:
     return {
         BATCH: AxisRange(1, 1, max(t.batch_size for t in TASKS)),
         TEXT: AxisRange(MIN_TEXT_TOKENS, int(statistics.median(text)), max_text),
+        TOKENS: AxisRange(MIN_TEXT_TOKENS + 1, int(statistics.median(text)) + 1, max_text + 1),
         REGIONS: AxisRange(1, int(statistics.median(regions)), max(regions)),
     }
 
 
 def build_spec(cfg: ViLBERTConfig, detector: DetectorDims | None = None) -> ExportSpec:
     """The export spec of a model config (and, optionally, of a detector)."""
-    graphs = [trunk_graph(cfg), *(head_graph(h, cfg) for h in used_heads())]
+    graphs = [trunk_graph(cfg), *(head_graph(h, cfg) for h in used_heads()), *split_graphs(cfg)]
+    if cfg.has_prefilter:
+        graphs += prefilter_graphs(cfg)
     if detector is not None:
         graphs += detector_graphs(detector)
     return ExportSpec(cfg, tuple(graphs), tuple(route(t) for t in TASKS), axis_ranges(cfg), detector)

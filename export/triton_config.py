@@ -26,6 +26,7 @@ from export.spec import (
     HEIGHT,
     REGIONS,
     TEXT,
+    TOKENS,
     WIDTH,
     ExportSpec,
     GraphKind,
@@ -72,6 +73,7 @@ def warmup_sizes(spec: ExportSpec) -> dict[str, int]:
     return {
         BATCH: 1,
         TEXT: spec.axes[TEXT].opt,
+        TOKENS: spec.axes[TOKENS].opt,
         REGIONS: spec.axes[REGIONS].opt,
         BOXES: 36,
         HEIGHT: 320,
@@ -100,9 +102,12 @@ def _warmup_shape(t: TensorSpec, batched: bool, sizes: dict[str, int]) -> list[i
 
 
 def _threads(graph: GraphSpec, dep: Deployment) -> int:
-    return {GraphKind.TRUNK: dep.trunk_threads, GraphKind.HEAD: dep.head_threads}.get(
-        graph.kind, dep.detector_threads
-    )
+    return {
+        GraphKind.TRUNK: dep.trunk_threads,
+        GraphKind.TRUNK_SPLIT: dep.trunk_threads,
+        GraphKind.HEAD: dep.head_threads,
+        GraphKind.PREFILTER: dep.head_threads,
+    }.get(graph.kind, dep.detector_threads)
 
 
 def render_config(graph: GraphSpec, spec: ExportSpec, dep: Deployment) -> str:
@@ -121,7 +126,8 @@ def render_config(graph: GraphSpec, spec: ExportSpec, dep: Deployment) -> str:
     lines.append("output [\n" + ",\n".join(_tensor_block(t, graph.batched) for t in graph.outputs) + "\n]")
     if graph.dynamic_batching:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {dep.queue_delay_us}\n}}")
-    count = dep.trunk_instances if graph.kind is GraphKind.TRUNK else dep.head_instances
+    trunk_like = graph.kind in (GraphKind.TRUNK, GraphKind.TRUNK_SPLIT)
+    count = dep.trunk_instances if trunk_like else dep.head_instances
     kind = "KIND_GPU" if dep.backend.on_gpu else "KIND_CPU"
     lines.append(f"instance_group [\n  {{\n    count: {count}\n    kind: {kind}\n  }}\n]")
     threads = _threads(graph, dep)

@@ -58,6 +58,8 @@ class TritonPythonModel:
         options.intra_op_num_threads = int(_parameter(config, "intra_op_num_threads", "1"))
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # No spin-waiting between calls: the stubs share a small CPU with the gateway and each other.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         path = Path(args["model_repository"]) / args["model_version"] / ONNX_FILE
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         have = [i.name for i in self.session.get_inputs()]

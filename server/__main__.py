@@ -35,25 +35,50 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     return Settings(**overrides)
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def serve(app, settings: Settings) -> None:
+    """Run `app` with uvicorn until SIGTERM/SIGINT, then shut down gracefully.
+
+    On the signal: readiness goes false and new work is refused with 503 + Retry-After (the
+    gateway's `begin_shutdown`), uvicorn stops listening, in-flight requests run to completion
+    (up to the deadline + 5 s), then the lifespan closes the backend and the process exits.
+    Every limit is the gateway's own (queue: 429, open requests: 503, both with Retry-After), so
+    uvicorn's `limit_concurrency`, whose 503 has no Retry-After, is not used.
+    """
     import uvicorn
 
+    gateway = app.state.gateway
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: object) -> None:
+            gateway.begin_shutdown()
+            super().handle_exit(sig, frame)
+
+    Server(uvicorn_config(app, settings)).run()
+
+
+def uvicorn_config(app, settings: Settings, log_level: str = "info"):
+    """uvicorn's settings for the gateway (also used by the tests and benchmarks that serve it)."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        timeout_graceful_shutdown=int(settings.deadline_s) + 5,
+        h11_max_incomplete_event_size=64 * 1024,  # caps header size (slowloris / 100 KB headers)
+        log_level=log_level,
+        lifespan="on",
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> None:
     from server.app import create_app
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = parse_settings(argv)
     app = create_app(settings)
     print(f"twelve-in-one gateway: http://{settings.host}:{settings.port}/  (API docs at /docs)", flush=True)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        # Connections beyond this get 503 from uvicorn itself, before any parsing.
-        limit_concurrency=max(64, 4 * settings.max_queue),
-        timeout_graceful_shutdown=int(settings.deadline_s) + 5,
-        h11_max_incomplete_event_size=64 * 1024,  # caps header size (slowloris / 100 KB headers)
-        log_level="info",
-    )
+    serve(app, settings)
 
 
 if __name__ == "__main__":

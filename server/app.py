@@ -24,7 +24,14 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
 from server import schemas as s
-from server.errors import DeadlineExceededError, OverloadedError, PayloadTooLargeError, install_error_handlers
+from server.errors import (
+    BackendUnavailableError,
+    DeadlineExceededError,
+    OverloadedError,
+    PayloadTooLargeError,
+    RequestTimeoutError,
+    install_error_handlers,
+)
 from server.loading import Components, load_components
 from server.metrics import Metrics
 from server.region_cache import RegionCache
@@ -34,6 +41,7 @@ from server.settings import Settings
 log = logging.getLogger("server")
 T = TypeVar("T")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_PROBES = ("/healthz", "/readyz")  # answered even when the open-request cap is reached
 
 
 class Gateway:
@@ -60,6 +68,12 @@ class Gateway:
 
     async def run(self, fn: Callable[[], T]) -> T:
         with self._lock:
+            if not self.accepting:
+                self.metrics.rejected.labels("shutting_down").inc()
+                raise BackendUnavailableError(
+                    "server shutting down; retry on another replica or later",
+                    retry_after=self.settings.retry_after_s,
+                )
             if self._admitted >= self.settings.max_queue:
                 self.metrics.rejected.labels("queue_full").inc()
                 raise OverloadedError(
@@ -84,18 +98,35 @@ class Gateway:
     def admitted(self) -> int:
         return self._admitted
 
-    def close(self) -> None:
+    def open(self) -> None:
+        """Accept work (again: an app can be started after a shutdown, as test clients do)."""
+        if self._executor._shutdown:
+            self._executor = ThreadPoolExecutor(
+                max_workers=self.settings.workers, thread_name_prefix="twelve-worker"
+            )
+        self.accepting = True
+
+    def begin_shutdown(self) -> None:
+        """Readiness goes false and new work is refused (503); admitted work still runs."""
         self.accepting = False
+
+    def close(self) -> None:
+        self.begin_shutdown()
         self._executor.shutdown(wait=True, cancel_futures=True)
 
 
 class Guard:
-    """Pure ASGI middleware: request id in and out, body cap (413 before reading it all), metrics."""
+    """Pure ASGI middleware: request id in and out, open-request cap (503 + Retry-After), body cap
+    (413 before reading it all), body timeout (408 for slow senders), metrics."""
 
     def __init__(self, app: Any, settings: Settings, metrics: Metrics) -> None:
         self.app = app
         self.max_body = settings.max_body_bytes
+        self.max_open = settings.max_open_requests
+        self.body_timeout = settings.body_timeout_s
+        self.retry_after = settings.retry_after_s
         self.metrics = metrics
+        self.open = 0  # requests inside this middleware now (one event loop: no lock needed)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
@@ -116,6 +147,12 @@ class Guard:
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
+        if self.open >= self.max_open and scope.get("path") not in _PROBES:
+            self.metrics.rejected.labels("too_many_open").inc()
+            message = f"server busy: {self.open} requests open; retry later"
+            await _send_json(send_wrapper, 503, message, None, request_id, self.retry_after)
+            self._observe(scope, state, status_holder["status"], start)
+            return
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
             status = 413 if length.isdigit() else 400
@@ -127,20 +164,31 @@ class Guard:
             await _send_json(send_wrapper, status, message, "body", request_id)
             self._observe(scope, state, status_holder["status"], start)
             return
-        seen = 0
+        seen, body_done = 0, False
+        body_deadline = time.monotonic() + self.body_timeout
 
         async def receive_capped() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done:  # after the body, receive() waits for a disconnect: no deadline then
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, body_deadline - time.monotonic()))
+            except TimeoutError:
+                raise RequestTimeoutError(
+                    f"body: not received within {self.body_timeout:g} s", "body"
+                ) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
+                body_done = not message.get("more_body", False)
                 if seen > self.max_body:
                     raise PayloadTooLargeError(f"body: over the {self.max_body}-byte limit", "body")
             return message
 
+        self.open += 1
         try:
             await self.app(scope, receive_capped, send_wrapper)
         finally:
+            self.open -= 1
             self._observe(scope, state, status_holder["status"], start)
 
     def _observe(self, scope: dict, state: dict, status: int, start: float) -> None:
@@ -151,17 +199,21 @@ class Guard:
         self.metrics.latency.labels(path, task).observe(time.perf_counter() - start)
 
 
-async def _send_json(send: Callable, status: int, message: str, field: str, request_id: str) -> None:
+async def _send_json(
+    send: Callable,
+    status: int,
+    message: str,
+    field: str | None,
+    request_id: str,
+    retry_after: int | None = None,
+) -> None:
     body = json.dumps(
         {"error": {"code": status, "message": message, "field": field, "request_id": request_id}}
     ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
-        }
-    )
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if retry_after is not None:
+        headers.append((b"retry-after", str(retry_after).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -216,6 +268,7 @@ def create_app(settings: Settings | None = None, components: Components | None =
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        gateway.open()
         yield
         # Readiness goes false first, then in-flight work drains (uvicorn stops accepting before this).
         gateway.close()

@@ -7,7 +7,12 @@ tensors are numpy arrays keyed by the spec's tensor names, so the same service c
 * `TritonBackend` (`triton`, in server/triton_backend.py): the same graphs served by Triton;
 * `TorchBackend` (`torch`): the PyTorch checkpoint, computing exactly what each exported graph
   computes.  It also implements `PrefixScorer`: one caption's image-free text layers are computed
-  once and reused for every gallery image (the ONNX trunk is one graph, so the others recompute them).
+  once and reused for every gallery image.
+
+The other two do the same for retrieval with the optional graphs (`optional_graph_names`, probed with
+`has_graph`): `text_prefix` once per caption, then `joint` per image batch; and, for a model trained
+with the retrieval pre-filter, `prefilter_text` / `prefilter_image` for two-stage search.
+Repositories exported before those graphs existed still serve everything through `trunk`.
 """
 
 from __future__ import annotations
@@ -20,7 +25,23 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from export.spec import FUSED, FUSED_PAIRS, HEAD_PREFIX, LOGITS, REGION_STATES, TRUNK, TRUNK_INPUTS
+from export.spec import (
+    CAPTION_EMBEDDING,
+    FUSED,
+    FUSED_PAIRS,
+    HEAD_PREFIX,
+    IMAGE_EMBEDDING,
+    JOINT,
+    LOGITS,
+    PREFILTER_IMAGE,
+    PREFILTER_TEXT,
+    REGION_STATES,
+    TEXT_MASK,
+    TEXT_PREFIX,
+    TEXT_STATES,
+    TRUNK,
+    TRUNK_INPUTS,
+)
 from vilbert.tasks import Head
 
 Arrays = dict[str, np.ndarray]
@@ -68,6 +89,19 @@ def graph_names() -> list[str]:
     return [TRUNK, *(f"{HEAD_PREFIX}{h.value}" for h in Head)]
 
 
+def optional_graph_names() -> list[str]:
+    """Graphs a backend may serve (`has_graph`): the split trunk, and the retrieval pre-filter of a
+    model trained with one.  Repositories exported before them lack them; retrieval then uses `trunk`
+    and searches exhaustively."""
+    return [TEXT_PREFIX, JOINT, PREFILTER_TEXT, PREFILTER_IMAGE]
+
+
+def has_graph(backend: object, model: str) -> bool:
+    """Whether `backend` serves `model` (backends without `has_graph` serve only `graph_names()`)."""
+    probe = getattr(backend, "has_graph", None)
+    return bool(probe(model)) if probe is not None else model in graph_names()
+
+
 class TorchBackend:
     """The exported graphs' computations on a `MultiTaskViLBERT` (eval mode, no grad)."""
 
@@ -96,6 +130,8 @@ class TorchBackend:
             if model == TRUNK:
                 out = self.model.trunk(*(t[name] for name in TRUNK_INPUTS))
                 return {FUSED: out.fused.numpy(), REGION_STATES: out.region_states.numpy()}
+            if model in optional_graph_names():
+                return self._optional(model, t)
             if not model.startswith(HEAD_PREFIX):
                 raise BackendError(f"no graph named {model!r}")
             head = Head(model.removeprefix(HEAD_PREFIX))
@@ -110,6 +146,28 @@ class TorchBackend:
                 case _:
                     logits = heads.fused_logits(head, t[FUSED])
             return {LOGITS: logits.numpy()}
+
+    def _optional(self, model: str, t: Mapping) -> Arrays:
+        """The split trunk and pre-filter graphs (export.graphs computes the same)."""
+        from vilbert.modeling import TextPrefix
+
+        trunk = self.model.trunk
+        if model == TEXT_PREFIX:
+            prefix = trunk.encode_text_prefix(t["input_ids"], t["attention_mask"], t["task_ids"])
+            return {TEXT_STATES: prefix.states.numpy(), TEXT_MASK: prefix.mask.numpy()}
+        if model == PREFILTER_TEXT:
+            emb = self.model.require_prefilter().caption_embedding(t[TEXT_STATES], t[TEXT_MASK])
+            return {CAPTION_EMBEDDING: emb.numpy()}
+        regions = (t["region_features"], t["region_locations"], t["region_mask"])
+        if model == JOINT:
+            out = trunk.encode_joint(TextPrefix(t[TEXT_STATES], t[TEXT_MASK]), *regions)
+            return {FUSED: out.fused.numpy(), REGION_STATES: out.region_states.numpy()}
+        return {IMAGE_EMBEDDING: self.model.require_prefilter().image_embedding(*regions).numpy()}
+
+    def has_graph(self, model: str) -> bool:
+        if model in (PREFILTER_TEXT, PREFILTER_IMAGE):
+            return self.model.prefilter is not None
+        return model in graph_names() or model in optional_graph_names()
 
     def match_scores(
         self,
@@ -168,13 +226,16 @@ class OnnxBackend:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        # No spin-waiting between calls: on a small shared CPU a spinning pool takes the cores the
+        # gateway's own threads (HTTP, tokenizer, detector) need; measured in docs/performance.md.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         # onnxruntime-gpu lists the CUDA provider even on hosts without a GPU, then fails noisily when a
         # session asks for it: ask only when the CUDA driver library is present.
         cuda = "CUDAExecutionProvider" in ort.get_available_providers() and ctypes.util.find_library("cuda")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         self._sessions: dict[str, object] = {}
         self._missing: list[str] = []
-        for model in graph_names():
+        for model in graph_names() + optional_graph_names():
             path = find_onnx(self.repository, model)
             if path is None:
                 self._missing.append(model)
@@ -198,6 +259,9 @@ class OnnxBackend:
 
     def ready(self) -> dict[str, bool]:
         return {m: m in self._sessions for m in graph_names()}
+
+    def has_graph(self, model: str) -> bool:
+        return model in self._sessions
 
     def close(self) -> None:
         self._sessions.clear()

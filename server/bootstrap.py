@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -99,7 +100,19 @@ def build(p: Paths) -> None:
         if step.stamp:
             step.done.parent.mkdir(parents=True, exist_ok=True)
             step.done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
-        print(f"{head}: done in {time.monotonic() - start:.0f} s", flush=True)
+        seconds = time.monotonic() - start
+        print(f"{head}: done in {seconds:.0f} s", flush=True)
+        _record_timing(step.title, seconds)
+
+
+def _record_timing(title: str, seconds: float) -> None:
+    """Append the step's wall time to artifacts/.serve/timings.json (what the README's numbers cite)."""
+    path = STAMPS / "timings.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ")
+    rows.append({"step": title, "seconds": round(seconds, 1), "finished": stamp})
+    path.write_text(json.dumps(rows, indent=2))
 
 
 def serve(p: Paths, backend: str, host: str, port: int) -> None:

@@ -41,6 +41,12 @@ class NotFoundError(ServiceError):
     status = 404
 
 
+class RequestTimeoutError(ServiceError):
+    """The client did not send its body within the body timeout (a slow sender)."""
+
+    status = 408
+
+
 class PayloadTooLargeError(ServiceError):
     status = 413
 

@@ -101,10 +101,11 @@ class RegionCache:
         hit = self.memory.get(image_id)
         if hit is not None:
             return hit, "memory"  # type: ignore[return-value]
-        if self._env is None:
-            return None, None
+        key = image_id.encode()
+        if self._env is None or not 0 < len(key) <= self._env.max_key_size():
+            return None, None  # no disk cache, or a key LMDB cannot hold (ids are sha256 hex)
         with self._disk_lock, self._env.begin() as txn:
-            raw = txn.get(image_id.encode())
+            raw = txn.get(key)
         if raw is None:
             return None, None
         try:

@@ -35,6 +35,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorResponse, "description": text}
     for code, text in (
         (400, "malformed body or image"),
+        (401, "missing or wrong API key (when the server has one)"),
+        (404, "unknown route, image_id or gallery"),
+        (408, "the request body did not arrive in time"),
         (413, "body or image over a limit"),
         (415, "unsupported content type or image format"),
         (422, "a field's value is invalid (the message names it)"),
@@ -47,21 +50,20 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 def body_doc(model: type[BaseModel]) -> dict[str, Any]:
     ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    image = {"type": "string", "format": "binary"}
+    needed = {name for name, f in model.model_fields.items() if f.is_required()}
+    if needed <= {"image"}:  # POST /images: the image part alone is a complete request
+        multipart = {"type": "object", "properties": {"image": image}, "required": ["image"]}
+    else:
+        about = f"{model.__name__} as JSON"
+        properties = {"request": {"type": "string", "description": about}, "image": image}
+        multipart = {"type": "object", "properties": properties, "required": ["request"]}
     return {
         "requestBody": {
             "required": True,
             "content": {
                 "application/json": {"schema": ref},
-                "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "request": {"type": "string", "description": f"{model.__name__} as JSON"},
-                            "image": {"type": "string", "format": "binary"},
-                        },
-                        "required": ["request"],
-                    }
-                },
+                "multipart/form-data": {"schema": multipart},
             },
         }
     }
@@ -73,14 +75,17 @@ async def parse(request: Request, model: type[M], max_files: int) -> tuple[M, di
     uploads: dict[str, bytes] = {}
     if ctype == "multipart/form-data":
         form = await request.form(max_files=max_files, max_fields=8, max_part_size=1024 * 1024)
-        raw_request: Any = "{}"
+        raw_request: Any = None
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
                 if key in uploads:
                     raise InvalidInputError(f"{key}: two file parts share this name", key)
                 uploads[key] = await value.read()
             elif key == "request":
+                if raw_request is not None:
+                    raise BadRequestError("request: more than one `request` part", "request")
                 raw_request = value
+        raw_request = "{}" if raw_request is None else raw_request
         data = _json(raw_request, "request")
         if (
             isinstance(data, dict)
@@ -163,7 +168,12 @@ def api_router(settings: Settings) -> APIRouter:
         tags=["tasks"],
     )
     async def retrieve(request: Request) -> s.RetrieveResponse:
-        """Rank images (sent here, or a registered gallery) by how well they match a caption."""
+        """Rank images (sent here, or a registered gallery) by how well they match a caption.
+
+        With a model trained with the retrieval pre-filter the search is two-stage by default: the
+        pre-filter's embeddings rank every image and the trunk re-ranks the top `rerank_k`;
+        `mode=exhaustive` has the trunk score every image.  The response says which ran.
+        """
         req, uploads = await parse(request, s.RetrieveRequest, files)
         return await run(
             request, req.dataset, lambda: svc(request).retrieve(req, uploads, request.state.request_id)
@@ -188,7 +198,8 @@ def api_router(settings: Settings) -> APIRouter:
     async def put_gallery(
         request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]
     ) -> s.GalleryInfo:
-        """Register (or replace) a named gallery for /retrieve; its region features stay cached."""
+        """Register (or replace) a named gallery for /retrieve; its region features stay cached and,
+        with a pre-filter, its image embeddings are stored for two-stage search."""
         req, uploads = await parse(request, s.GalleryRequest, settings.max_gallery_images)
         return await run(request, "gallery", lambda: svc(request).register_gallery(name, req, uploads))
 
@@ -238,7 +249,7 @@ def page_router() -> APIRouter:
             ]
         }
 
-    @router.get("/examples/{name}.png", tags=["meta"])
+    @router.get("/examples/{name}.png", tags=["meta"], responses={404: ERRORS[404]})
     async def example_png(name: str) -> Response:
         from server.examples import examples
 

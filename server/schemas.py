@@ -6,6 +6,7 @@ an `image_id` returned by ``POST /images`` (the sha256 of the image's bytes).
 
 from __future__ import annotations
 
+import enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -88,12 +89,32 @@ class GroundRequest(Strict):
     top_k: int = Field(3, ge=1, le=1000)
 
 
+class RetrieveMode(enum.StrEnum):
+    """How /retrieve searches (see docs/performance.md, "Two-stage retrieval")."""
+
+    TWO_STAGE = "two_stage"  # pre-filter embeddings rank every image; the trunk re-ranks the top K
+    EXHAUSTIVE = "exhaustive"  # the trunk scores every image
+
+
 class RetrieveRequest(Strict):
     caption: str
     images: list[ImageRef] | None = None
     gallery: str | None = Field(None, pattern=GALLERY_NAME)
     dataset: RetrieveDataset = RETRIEVE_DEFAULT
     top_k: int = Field(10, ge=1, le=100_000)
+    mode: RetrieveMode | None = Field(
+        None,
+        description="two_stage: the retrieval pre-filter ranks every image, the trunk re-ranks the top "
+        "`rerank_k`; exhaustive: the trunk scores every image.  Default: two_stage when the model has "
+        "a pre-filter, else exhaustive; asking for two_stage from a model without one is a 422.",
+    )
+    rerank_k: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="two_stage: how many pre-filter candidates the trunk re-ranks (at least top_k; "
+        "default: the server's retrieve_rerank_k)",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> RetrieveRequest:
@@ -154,6 +175,10 @@ class RankedImage(BaseModel):
 class RetrieveResponse(BaseModel):
     task: str
     results: list[RankedImage]
+    mode: RetrieveMode = Field(description="the search that ran")
+    scored: int = Field(
+        description="images the trunk scored: the re-ranked candidates (two_stage) or all (exhaustive)"
+    )
 
 
 class VerifyResponse(BaseModel):
@@ -166,6 +191,7 @@ class GalleryInfo(BaseModel):
     name: str
     size: int
     image_ids: list[str]
+    prefilter: bool = Field(False, description="image embeddings for two-stage /retrieve are stored")
 
 
 class ErrorBody(BaseModel):

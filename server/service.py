@@ -16,11 +16,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.spec import FUSED, FUSED_PAIRS, HEAD_PREFIX, LOGITS, MIN_TEXT_TOKENS, REGION_STATES, TRUNK
+from export.spec import (
+    CAPTION_EMBEDDING,
+    FUSED,
+    FUSED_PAIRS,
+    HEAD_PREFIX,
+    IMAGE_EMBEDDING,
+    JOINT,
+    LOGITS,
+    MIN_TEXT_TOKENS,
+    PREFILTER_IMAGE,
+    PREFILTER_TEXT,
+    REGION_STATES,
+    TEXT_MASK,
+    TEXT_PREFIX,
+    TEXT_STATES,
+    TRUNK,
+)
 from regions.decode import ImageDecodeError, decode_image, sha256_hex
 from regions.inputs import box_locations, region_inputs
 from server import schemas as s
-from server.backend import Backend, BackendError, PrefixScorer
+from server.backend import Backend, BackendError, PrefixScorer, has_graph
 from server.errors import (
     BackendUnavailableError,
     InvalidInputError,
@@ -70,6 +86,18 @@ class PaddedRegions:
     boxes: list[np.ndarray]  # per image (R_i, 4) pixel boxes, row 0 the whole image
 
 
+@dataclass(frozen=True)
+class Gallery:
+    """A registered gallery: its images and, with a pre-filter, their embeddings per region budget."""
+
+    images: list[CachedRegions]
+    embeddings: dict[int, np.ndarray]  # max_regions of a retrieval task -> (N, D) unit vectors
+
+    def info(self, name: str) -> s.GalleryInfo:
+        ids = [g.image_id for g in self.images]
+        return s.GalleryInfo(name=name, size=len(ids), image_ids=ids, prefilter=bool(self.embeddings))
+
+
 class Service:
     """Pre- and post-processing around a `Backend`, a region extractor and a tokenizer."""
 
@@ -90,7 +118,7 @@ class Service:
         self.answers = dict(answers)
         self.metrics = metrics
         self.cache = cache
-        self.galleries: dict[str, list[CachedRegions]] = {}
+        self.galleries: dict[str, Gallery] = {}
         self._gallery_lock = threading.Lock()
         self._class_names: tuple[str, ...] = tuple(
             getattr(getattr(extractor, "preset", None), "class_names", ())
@@ -215,6 +243,11 @@ class Service:
             )
         if not value.strip():
             raise InvalidInputError(f"{field}: must not be empty", field)
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800") is valid JSON but not text
+                raise InvalidInputError(f"{field}: not valid Unicode text (lone surrogate)", field) from None
         return value
 
     def tokens(self, text: str, task: Task, rows: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -264,8 +297,13 @@ class Service:
             "region_locations": regions.locations,
             "region_mask": regions.mask,
         }
+        if self.settings.pad_to_task_max:
+            inputs = pad_to_task_max(inputs, task)
         with self.metrics.time_stage("trunk"):
-            return self.infer(TRUNK, inputs, rid)
+            out = self.infer(TRUNK, inputs, rid)
+        if out[REGION_STATES].shape[1] != regions.mask.shape[1]:  # padded: heads see the real regions
+            out = {**out, REGION_STATES: out[REGION_STATES][:, : regions.mask.shape[1]]}
+        return out
 
     def head(self, head: Head, inputs: Mapping[str, np.ndarray], rid: str | None) -> np.ndarray:
         with self.metrics.time_stage("head"):
@@ -391,8 +429,12 @@ class Service:
     def retrieve(
         self, req: s.RetrieveRequest, uploads: Mapping[str, bytes], rid: str | None = None
     ) -> s.RetrieveResponse:
+        """Rank images by a caption: exhaustively (the trunk scores every image), or in two stages
+        (pre-filter embeddings rank every image, the trunk re-ranks the top K)."""
         task = task_for_dataset(Endpoint.RETRIEVE, req.dataset)
         caption = self.text(req.caption, "caption")
+        mode = self.retrieve_mode(req.mode)
+        embeddings = None
         if req.gallery is not None:
             with self._gallery_lock:
                 gallery = self.galleries.get(req.gallery)
@@ -400,7 +442,8 @@ class Service:
                 raise NotFoundError(
                     f"gallery: no gallery named {req.gallery!r}; PUT /galleries/{{name}} first", "gallery"
                 )
-            images = gallery
+            images = gallery.images
+            embeddings = gallery.embeddings.get(task.max_regions)
         else:
             refs = req.images or []
             if not 1 <= len(refs) <= self.settings.max_images_per_request:
@@ -413,26 +456,98 @@ class Service:
                 regions = self.resolve(ref, uploads, f"images.{i}").regions
                 seen.setdefault(regions.image_id, regions)  # duplicates are ranked once
             images = list(seen.values())
-        scores = self.match_scores(task, caption, images, rid)
         k = self._top_k(min(req.top_k, self.settings.max_top_k), len(images))
-        order = np.argsort(-scores, kind="stable")[:k]
+        ids, mask = self.tokens(caption, task)
+        if mode is s.RetrieveMode.EXHAUSTIVE:
+            scores = self.match_scores(task, caption, images, rid)
+            order = np.argsort(-scores, kind="stable")[:k]
+            ranked = [(int(i), float(scores[i])) for i in order]
+            scored = len(images)
+        else:
+            prefix = self.text_prefix(task, ids, mask, rid)
+            if embeddings is None:  # images sent with the request (or a gallery registered without)
+                embeddings = self.image_embeddings(task, images)
+            with self.metrics.time_stage("prefilter"):
+                query = self.infer(PREFILTER_TEXT, prefix, rid)[CAPTION_EMBEDDING][0]
+                coarse = embeddings @ query  # cosine similarities (unit vectors)
+            rerank = max(req.rerank_k or self.settings.retrieve_rerank_k, k)
+            candidates = np.argsort(-coarse, kind="stable")[:rerank]
+            scores = self.match_scores(task, caption, [images[i] for i in candidates], rid, prefix)
+            order = np.argsort(-scores, kind="stable")[:k]
+            ranked = [(int(candidates[j]), float(scores[j])) for j in order]
+            scored = len(candidates)
         return s.RetrieveResponse(
             task=task.slug,
             results=[
-                s.RankedImage(image_id=images[i].image_id, score=float(scores[i]), rank=r + 1)
-                for r, i in enumerate(order)
+                s.RankedImage(image_id=images[i].image_id, score=score, rank=r + 1)
+                for r, (i, score) in enumerate(ranked)
             ],
+            mode=mode,
+            scored=scored,
         )
 
+    @property
+    def has_prefilter(self) -> bool:
+        return has_graph(self.backend, PREFILTER_TEXT) and has_graph(self.backend, PREFILTER_IMAGE)
+
+    def retrieve_mode(self, asked: s.RetrieveMode | None) -> s.RetrieveMode:
+        """The search to run: two-stage by default when the model has a pre-filter."""
+        if asked is None:
+            return s.RetrieveMode.TWO_STAGE if self.has_prefilter else s.RetrieveMode.EXHAUSTIVE
+        if asked is s.RetrieveMode.TWO_STAGE and not self.has_prefilter:
+            raise InvalidInputError(
+                "mode: two_stage needs the retrieval pre-filter, and this model has none (its checkpoint "
+                "was trained without `prefilter`, or its export predates it); use mode=exhaustive",
+                "mode",
+            )
+        return asked
+
+    def text_prefix(self, task: Task, ids: np.ndarray, mask: np.ndarray, rid: str | None) -> dict:
+        """One caption's text-prefix states (`text_prefix` graph): computed once per query."""
+        inputs = {"input_ids": ids, "attention_mask": mask, "task_ids": np.full((1,), task.task_id, np.int64)}
+        with self.metrics.time_stage("trunk"):
+            return self.infer(TEXT_PREFIX, inputs, rid)
+
+    def image_embeddings(self, task: Task, images: Sequence[CachedRegions]) -> np.ndarray:
+        """Pre-filter embeddings (N, D) of images at `task`'s region budget, `retrieve_batch` per call."""
+        out: list[np.ndarray] = []
+        step = self.settings.retrieve_batch
+        with self.metrics.time_stage("prefilter"):
+            for start in range(0, len(images), step):
+                regions = self.pad_regions(
+                    [self.inputs_of(r, task.max_regions) for r in images[start : start + step]]
+                )
+                inputs = {
+                    "region_features": regions.features,
+                    "region_locations": regions.locations,
+                    "region_mask": regions.mask,
+                }
+                out.append(self.infer(PREFILTER_IMAGE, inputs, None)[IMAGE_EMBEDDING])
+        return np.concatenate(out).astype(np.float32)
+
     def match_scores(
-        self, task: Task, caption: str, images: Sequence[CachedRegions], rid: str | None
+        self,
+        task: Task,
+        caption: str,
+        images: Sequence[CachedRegions],
+        rid: str | None,
+        prefix: Mapping[str, np.ndarray] | None = None,
     ) -> np.ndarray:
-        """Match logits of one caption against every image, `retrieve_batch` images per call."""
+        """Match logits of one caption against every image, `retrieve_batch` images per call.
+
+        The caption's image-free prefix layers run once per call, not once per image, where the
+        backend can (`PrefixScorer`, or the `text_prefix` + `joint` graphs); `prefix`: that
+        `text_prefix` output when the caller has it already.  Otherwise `trunk` runs per image.
+        """
         ids, mask = self.tokens(caption, task)
+        split = has_graph(self.backend, TEXT_PREFIX) and has_graph(self.backend, JOINT)
+        if split and prefix is None and not isinstance(self.backend, PrefixScorer):
+            prefix = self.text_prefix(task, ids, mask, rid)
         scores: list[np.ndarray] = []
         step = self.settings.retrieve_batch
         for start in range(0, len(images), step):
             chunk = images[start : start + step]
+            rows = len(chunk)
             regions = self.pad_regions([self.inputs_of(r, task.max_regions) for r in chunk])
             if isinstance(self.backend, PrefixScorer):
                 # Text prefix computed once per call; the joint layers run over the image batch.
@@ -448,14 +563,27 @@ class Service:
                             str(exc), retry_after=self.settings.retry_after_s
                         ) from exc
                 continue
-            rows = len(chunk)
-            out = self.trunk(task, np.repeat(ids, rows, 0), np.repeat(mask, rows, 0), regions, rid)
+            if split:
+                assert prefix is not None
+                inputs = {
+                    TEXT_STATES: np.repeat(prefix[TEXT_STATES], rows, 0),
+                    TEXT_MASK: np.repeat(prefix[TEXT_MASK], rows, 0),
+                    "region_features": regions.features,
+                    "region_locations": regions.locations,
+                    "region_mask": regions.mask,
+                }
+                with self.metrics.time_stage("trunk"):
+                    out = self.infer(JOINT, inputs, rid)
+            else:
+                out = self.trunk(task, np.repeat(ids, rows, 0), np.repeat(mask, rows, 0), regions, rid)
             scores.append(self.head(Head.MATCH, {FUSED: out[FUSED]}, rid).reshape(rows))
-        return np.concatenate(scores)
+        return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
     def register_gallery(
         self, name: str, req: s.GalleryRequest, uploads: Mapping[str, bytes]
     ) -> s.GalleryInfo:
+        """Resolve (and cache) every image; with a pre-filter, store their embeddings for two-stage
+        /retrieve, one set per distinct region budget of the retrieval tasks."""
         if len(req.images) > self.settings.max_gallery_images:
             raise InvalidInputError(
                 f"images: a gallery holds at most {self.settings.max_gallery_images} images", "images"
@@ -469,16 +597,23 @@ class Service:
         for i, ref in enumerate(req.images):
             regions = self.resolve(ref, uploads, f"images.{i}").regions
             seen.setdefault(regions.image_id, regions)
+        images = list(seen.values())
+        embeddings: dict[int, np.ndarray] = {}
+        if self.has_prefilter:
+            for task in tasks_for_endpoint(Endpoint.RETRIEVE):
+                if task.max_regions not in embeddings:
+                    embeddings[task.max_regions] = self.image_embeddings(task, images)
+        gallery = Gallery(images, embeddings)  # pinned: gallery features never leave the LRU
         with self._gallery_lock:
-            self.galleries[name] = list(seen.values())  # pinned: gallery features never leave the LRU
-        return s.GalleryInfo(name=name, size=len(seen), image_ids=list(seen))
+            self.galleries[name] = gallery
+        return gallery.info(name)
 
     def gallery_info(self, name: str) -> s.GalleryInfo:
         with self._gallery_lock:
             gallery = self.galleries.get(name)
         if gallery is None:
             raise NotFoundError(f"name: no gallery named {name!r}", "name")
-        return s.GalleryInfo(name=name, size=len(gallery), image_ids=[g.image_id for g in gallery])
+        return gallery.info(name)
 
     def verify(
         self, req: s.VerifyRequest, uploads: Mapping[str, bytes], rid: str | None = None
@@ -506,6 +641,23 @@ class Service:
         return s.VerifyResponse(
             task=task.slug, label=labels[best], scores={labels[i]: float(p) for i, p in enumerate(probs)}
         )
+
+
+def pad_to_task_max(inputs: Mapping[str, np.ndarray], task: Task) -> dict[str, np.ndarray]:
+    """Trunk inputs zero-padded (masked) to the task's `max_text_tokens` and `max_regions`, as the
+    reference code pads every example.  The service pads only as far as each request needs; this is
+    the comparison setting (`Settings.pad_to_task_max`, bench/serving.py)."""
+    out = dict(inputs)
+    for names, width in (
+        (("input_ids", "attention_mask"), task.max_text_tokens),
+        (("region_features", "region_locations", "region_mask"), task.max_regions),
+    ):
+        have = out[names[0]].shape[1]
+        if have < width:
+            for name in names:
+                a = out[name]
+                out[name] = np.pad(a, [(0, 0), (0, width - have)] + [(0, 0)] * (a.ndim - 2))
+    return out
 
 
 def _box(b: np.ndarray) -> s.Box:

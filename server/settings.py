@@ -56,12 +56,24 @@ class Settings(BaseSettings):
     max_candidates: int = Field(100, ge=1)  # candidate boxes for pointing tasks
     max_top_k: int = Field(100, ge=1)
     retrieve_batch: int = Field(16, ge=1)  # images scored per trunk call
+    # Pad every trunk call to its task's max text tokens and regions, as the reference code does.  Off:
+    # requests are padded only as far as they need (the speed comparison is in docs/performance.md).
+    pad_to_task_max: bool = False
+    # Two-stage /retrieve: pre-filter candidates the trunk re-ranks (at least the request's top_k).
+    # 10: the smallest K of the measured sweep (docs/performance.md, `python -m bench.retrieval`) with
+    # R@10 within 2 points of exhaustive search; it was also the fastest (70x) and best-recalling K there.
+    retrieve_rerank_k: int = Field(10, ge=1)
 
     # Admission and time.
     deadline_s: float = Field(30.0, gt=0)  # per request; past it the answer is 504
     max_queue: int = Field(8, ge=1)  # requests admitted (running + waiting); more get 429
     workers: int = Field(1, ge=1)  # requests running model code at once
     retry_after_s: int = Field(1, ge=1)
+    # Requests open at once (reading a body, queued, running, writing): past it, 503 + Retry-After at
+    # once.  This is the gateway's connection-level limit (instead of uvicorn's `limit_concurrency`,
+    # whose 503 carries no Retry-After).
+    max_open_requests: int = Field(64, ge=1)
+    body_timeout_s: float = Field(10.0, gt=0)  # a body not fully received by then gets 408 (slow senders)
 
     # Answers.
     no_match_threshold: float = Field(0.5, ge=0.0, le=1.0)  # grounding: best probability below -> no_match

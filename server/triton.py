@@ -260,6 +260,31 @@ class TritonServer:
             shutil.rmtree(self._workdir / "backends", ignore_errors=True)
         return code
 
+    def kill(self) -> None:
+        """SIGKILL the server and its stubs at once (a crash, for fault tests); `stop` cleans up."""
+        if self._process is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._process.pid, signal.SIGKILL)
+            self._process.wait()
+
+    def stub_pids(self) -> dict[str, int]:
+        """Model name -> pid of its python-backend stub process (children of the server, from /proc)."""
+        if self._process is None:
+            return {}
+        found = {}
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                argv = (proc / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == self._process.pid and argv and argv[0].endswith(b"triton_python_backend_stub"):
+                model_py = Path(argv[1].decode(errors="replace"))  # <repository>/<model>/<version>/model.py
+                found[model_py.parent.parent.name] = int(proc.name)
+        return found
+
     @property
     def running(self) -> bool:
         return self._process is not None and self._process.poll() is None

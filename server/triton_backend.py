@@ -3,7 +3,10 @@
 The only module that imports `tritonclient`.  Tensors travel as binary data (not JSON lists), the
 request id is forwarded as Triton's request `id` so logs line up, and readiness is asked per model
 (``GET /v2/models/NAME/ready``): when a python-backend stub dies, server-level readiness can still say
-ready while that one model cannot answer.
+ready while that one model cannot answer.  Triton's python backend goes further: a stub killed
+under it leaves its model reporting *ready* while every request fails ("Stub process ... is not
+healthy") and the stub is never restarted.  So a model whose request failed that way is reported
+not ready here until a request to it succeeds again (after Triton is restarted).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class TritonBackend:
         self._clients: list = []
         self._lock = threading.Lock()
         self._io: dict[str, tuple[list[str], list[str]]] = {}
+        self._served: dict[str, bool] = {}  # optional graphs (split trunk, pre-filter) found ready
+        self._dead_stub: dict[str, str] = {}  # model -> Triton's error, while its stub is known dead
 
     @property
     def client(self):
@@ -80,14 +85,26 @@ class TritonBackend:
         except KeyError as exc:
             raise BackendError(f"{model}: missing input {exc}") from exc
         except Exception as exc:  # connection refused, model unavailable, server-side failure
+            if "stub process" in str(exc).lower():
+                self._dead_stub[model] = str(exc)
             raise BackendError(f"triton {self.url} {model}: {exc}") from exc
+        self._dead_stub.pop(model, None)
         return {n: result.as_numpy(n) for n in wanted}
+
+    def has_graph(self, model: str) -> bool:
+        """Whether the server has `model` ready; a positive answer is remembered, a negative asked again."""
+        if not self._served.get(model):
+            try:
+                self._served[model] = bool(self.client.is_model_ready(model))
+            except Exception:  # unreachable server: the request path reports it
+                return False
+        return self._served[model]
 
     def ready(self) -> dict[str, bool]:
         status = {}
         for model in graph_names():
             try:
-                status[model] = bool(self.client.is_model_ready(model))
+                status[model] = bool(self.client.is_model_ready(model)) and model not in self._dead_stub
             except Exception:  # server unreachable: every model is not ready
                 status[model] = False
         return status

@@ -42,6 +42,7 @@ class ModelSpec:
     init_checkpoint: str | None = None  # start from one of our checkpoints (e.g. AT -> ST fine-tuning)
     # Parts kept fixed: "word_embeddings" (word/position/type tables; the task token still trains),
     # "text_prefix" (the image-free text layers).  Saves CPU time when the text stream is pretrained.
+    # "trunk" and "task_heads" (everything but the pre-filter): train only a new pre-filter head.
     freeze: list[str] = field(default_factory=list)
 
 
@@ -80,6 +81,25 @@ class OptimSpec:
 
 
 @dataclass
+class PrefilterSpec:
+    """The retrieval pre-filter (vilbert.heads.PrefilterHead) and its extra training objective.
+
+    Enabled: the model gets the head (`prefilter_dim = dim`; added to an `init_checkpoint` that lacks
+    it) and every retrieval batch adds `weight` x in-batch InfoNCE (both directions, training/step.py).
+    """
+
+    enabled: bool = False
+    weight: float = 1.0  # scale of the contrastive loss beside the retrieval task loss
+    dim: int = 128  # shared embedding width
+    temperature: float = 0.05  # softmax temperature of the cosine similarities
+    detach_text: bool = False  # true: the contrastive loss does not change the shared text prefix
+    # true: retrieval batches train the pre-filter alone (no match-task loss, no trunk pass over the
+    # image-caption pairs); with `model.freeze: [trunk, task_heads]` it adds a pre-filter to a
+    # trained checkpoint without changing anything else (training/configs/demo-prefilter.yaml).
+    only: bool = False
+
+
+@dataclass
 class CheckpointSpec:
     every_steps: int = 500
     keep_last: int = 3
@@ -93,6 +113,7 @@ class FitConfig:
     data: DataSpec = field(default_factory=DataSpec)
     schedule: ScheduleSpec = field(default_factory=ScheduleSpec)
     optim: OptimSpec = field(default_factory=OptimSpec)
+    prefilter: PrefilterSpec = field(default_factory=PrefilterSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
     seed: int = 0
     eval_batch_size: int = 64

@@ -2,7 +2,9 @@
 
 Every selected task's metric on a split, printed as a table and written as JSON
 (`DIR/eval_<split>.json`, or `--out`).  The data root defaults to the one the checkpoint was
-trained on.
+trained on.  Retrieval tasks of a checkpoint with the pre-filter also get R@1/5/10 of the
+pre-filter alone and of two-stage search (pre-filter top K re-ranked by the trunk) for each
+`--rerank-k` K, beside the exhaustive ones.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def evaluate_checkpoint(
     batch_size: int = 64,
     max_examples: int | None = None,
     progress: bool = True,
+    rerank_ks: tuple[int, ...] = (10, 20, 50, 100),
 ) -> dict[str, dict]:
     ck = load_checkpoint(checkpoint)
     fit_cfg = ck.meta.get("fit_config", {})
@@ -42,7 +45,7 @@ def evaluate_checkpoint(
         results[task.slug] = {
             "metric": task.metric,
             "split": split_names(task)[split],
-            **evaluate_task(ck.model, task, ds, batch_size, max_examples, progress),
+            **evaluate_task(ck.model, task, ds, batch_size, max_examples, progress, rerank_ks=rerank_ks),
         }
     return results
 
@@ -57,6 +60,23 @@ def format_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def two_stage_table(results: dict[str, dict]) -> str:
+    """Exhaustive vs pre-filter vs two-stage recall of the retrieval tasks (empty without a pre-filter)."""
+    lines = []
+    for slug, r in results.items():
+        if "prefilter_R@1" not in r:
+            continue
+        ks = sorted({int(k.split("_")[2][1:]) for k in r if k.startswith("two_stage_k")})
+        rows = [("exhaustive", "", "R@"), ("pre-filter only", "", "prefilter_R@")]
+        rows += [("two-stage", str(k), f"two_stage_k{k}_R@") for k in ks]
+        if not lines:
+            lines = ["| task | search | K | R@1 | R@5 | R@10 |", "|---|---|---:|---:|---:|---:|"]
+        for name, k, prefix in rows:
+            values = " | ".join(f"{r[f'{prefix}{n}']:.1f}" for n in (1, 5, 10))
+            lines.append(f"| {slug} | {name} | {k} | {values} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
@@ -66,15 +86,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-examples", type=int)
     parser.add_argument("--out", type=Path, help="JSON output (default: CHECKPOINT/eval_<split>.json)")
+    parser.add_argument(
+        "--rerank-k",
+        type=int,
+        nargs="+",
+        default=[10, 20, 50, 100],
+        help="two-stage retrieval: pre-filter candidates re-ranked by the trunk (needs a pre-filter)",
+    )
     args = parser.parse_args(argv)
     try:
         results = evaluate_checkpoint(
-            args.checkpoint, args.tasks, args.split, args.data, args.batch_size, args.max_examples
+            args.checkpoint,
+            args.tasks,
+            args.split,
+            args.data,
+            args.batch_size,
+            args.max_examples,
+            rerank_ks=tuple(args.rerank_k),
         )
     except (FileNotFoundError, KeyError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_table(results))
+    two_stage = two_stage_table(results)
+    if two_stage:
+        print("\n" + two_stage)
     out = args.out or args.checkpoint / f"eval_{args.split}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

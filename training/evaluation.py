@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
 from training.datasets import RetrievalEvalDataset, collate
-from training.metrics import MetricSum, RetrievalScoreMatrix, task_metric
+from training.datasets.example import Batch
+from training.metrics import MetricSum, RetrievalScoreMatrix, recall_at_k, task_metric, two_stage_recall
 from training.step import remap_task_ids, task_logits
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import Task
@@ -21,8 +23,14 @@ def evaluate_task(
     max_examples: int | None = None,
     progress: bool = False,
     token_map: dict[int, int] | None = None,
+    rerank_ks: tuple[int, ...] = (10, 20, 50, 100),
 ) -> dict[str, float]:
-    """Returns {"score": main metric in [0, 100], ...}; retrieval test adds R@1/5/10."""
+    """Returns {"score": main metric in [0, 100], ...}; retrieval test adds R@1/5/10.
+
+    Retrieval with a model that has the pre-filter adds `prefilter_R@k` (the dual encoder alone)
+    and `two_stage_k{K}_R@k` for each K of `rerank_ks` below the image count (pre-filter top K,
+    re-ranked by the trunk: see `training.metrics.two_stage_recall`).
+    """
     was_training = model.training
     model.eval()
     n = len(dataset) if max_examples is None else min(len(dataset), max_examples)
@@ -32,6 +40,7 @@ def evaluate_task(
         captions = captions if max_examples is None else min(captions, max_examples)
         batch_size, n = 1, captions * len(dataset.chunks)  # each item already holds a chunk of images
         matrix = RetrievalScoreMatrix(captions, images)
+        dual = _DualEmbeddings(model, captions, images) if getattr(model, "prefilter", None) else None
     total = MetricSum()
     steps = range(0, n, batch_size)
     for start in tqdm(steps, desc=f"eval {task.slug}", disable=not progress, leave=False):
@@ -40,10 +49,54 @@ def evaluate_task(
         logits = task_logits(model, task, batch)
         if isinstance(dataset, RetrievalEvalDataset):
             matrix.add(batch, logits)
+            if dual is not None:
+                dual.add(batch)
         else:
             total = total + task_metric(task, logits, batch)
     model.train(was_training)
     if isinstance(dataset, RetrievalEvalDataset):
-        recall = matrix.result(dataset.gt_image[:captions])
-        return {"score": recall["R@1"], **recall, "examples": float(captions)}
+        gt = dataset.gt_image[:captions]
+        recall = matrix.result(gt)
+        out = {"score": recall["R@1"], **recall, "examples": float(captions)}
+        if dual is not None:
+            prefilter = dual.scores()
+            out |= {f"prefilter_{k}": v for k, v in recall_at_k(prefilter, gt).items() if k.startswith("R@")}
+            for k in (k for k in rerank_ks if k < images):
+                two = two_stage_recall(matrix.scores, prefilter, gt, k)
+                out |= {f"two_stage_k{k}_{name}": v for name, v in two.items() if name.startswith("R@")}
+        return out
     return {"score": 100.0 * total.value, "examples": float(total.count)}
+
+
+class _DualEmbeddings:
+    """Pre-filter embeddings of a retrieval evaluation: one per caption and one per image."""
+
+    def __init__(self, model: MultiTaskViLBERT, captions: int, images: int) -> None:
+        self.model = model
+        dim = model.config.prefilter_dim
+        self.captions = np.full((captions, dim), np.nan, np.float32)
+        self.images = np.full((images, dim), np.nan, np.float32)
+
+    def add(self, batch: Batch) -> None:
+        head, trunk = self.model.require_prefilter(), self.model.trunk
+        for row, meta in enumerate(batch.meta):
+            caption, images = int(meta["caption_index"]), list(meta["image_indices"])  # type: ignore[arg-type]
+            first = row * batch.pairs_per_example  # every pair of an item shares its caption
+            if np.isnan(self.captions[caption, 0]):
+                sl = slice(first, first + 1)
+                prefix = trunk.encode_text_prefix(
+                    batch.input_ids[sl], batch.attention_mask[sl], batch.task_ids[sl]
+                )
+                self.captions[caption] = (
+                    head.caption_embedding(prefix.states, prefix.mask)[0].float().cpu().numpy()
+                )
+            if np.isnan(self.images[images, 0]).any():
+                rows = slice(first, first + len(images))
+                emb = head.image_embedding(
+                    batch.region_features[rows], batch.region_locations[rows], batch.region_mask[rows]
+                )
+                self.images[images] = emb.float().cpu().numpy()
+
+    def scores(self) -> np.ndarray:
+        """(captions, images) cosine similarities."""
+        return self.captions @ self.images.T

@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,11 +32,17 @@ from training.datasets import LoaderConfig, build_dataset, split_names
 from training.dsg import StopAndGo
 from training.evaluation import evaluate_task
 from training.optim import base_lr, build_optimizer, loss_scales, warmup_linear
-from training.step import forward_loss, remap_task_ids
+from training.step import PrefilterObjective, forward_loss, remap_task_ids
 from training.streams import TaskStream
-from vilbert.checkpoint import init_text_stream_from_hf_bert, load_checkpoint, save_checkpoint
+from vilbert.checkpoint import (
+    clean_checkpoint_dir,
+    init_text_stream_from_hf_bert,
+    load_checkpoint,
+    save_checkpoint,
+    save_rotating,
+)
 from vilbert.config import preset
-from vilbert.heads import MultiTaskViLBERT
+from vilbert.heads import MultiTaskViLBERT, with_prefilter
 from vilbert.tasks import TASKS, Endpoint, Head, Task, get_task, tasks_for_endpoint
 from vilbert.tokenizer import load_tokenizer, minilm_dir
 
@@ -47,12 +52,13 @@ TRAINER_STATE = "trainer_state.pt"
 class TaskStep(nn.Module):
     """forward(task, batch) -> (loss, logits); the module DDP wraps, so gradients synchronise."""
 
-    def __init__(self, model: MultiTaskViLBERT) -> None:
+    def __init__(self, model: MultiTaskViLBERT, prefilter: PrefilterObjective | None = None) -> None:
         super().__init__()
         self.model = model
+        self.prefilter = prefilter
 
     def forward(self, task: Task, batch):
-        return forward_loss(self.model, task, batch)
+        return forward_loss(self.model, task, batch, self.prefilter)
 
 
 @dataclass
@@ -194,11 +200,15 @@ class Trainer:
                 n = getattr(self.train_sets[t.slug], "num_answers", None)
                 if n is not None and t.answer_vocab:
                     overrides.setdefault("num_answers" if t.answer_vocab == "vqa" else "num_answers_gqa", n)
+            if self.cfg.prefilter.enabled:
+                overrides.setdefault("prefilter_dim", self.cfg.prefilter.dim)
             model = MultiTaskViLBERT(preset(spec.preset, **overrides))
             if spec.text_init:
                 init_text_stream_from_hf_bert(
                     model, minilm_dir() if spec.text_init == "minilm" else spec.text_init
                 )
+        if self.cfg.prefilter.enabled:
+            model = with_prefilter(model, model.config.prefilter_dim or self.cfg.prefilter.dim)
         for part in spec.freeze:
             match part:
                 case "word_embeddings":
@@ -207,20 +217,30 @@ class Trainer:
                         table.requires_grad_(False)
                 case "text_prefix":
                     model.trunk.text_layers[: model.config.text_prefix_layers].requires_grad_(False)
+                case "trunk":
+                    model.trunk.requires_grad_(False)
+                case "task_heads":
+                    model.heads.requires_grad_(False)
                 case _:
-                    raise ValueError(f"model.freeze: unknown part {part!r} (word_embeddings, text_prefix)")
+                    raise ValueError(
+                        f"model.freeze: unknown part {part!r} "
+                        "(word_embeddings, text_prefix, trunk, task_heads)"
+                    )
         self.model = model.to(self.device).train()
-        step = TaskStep(self.model)
+        pf = self.cfg.prefilter
+        objective = (
+            PrefilterObjective(pf.weight, pf.temperature, pf.detach_text, pf.only) if pf.enabled else None
+        )
+        step = TaskStep(self.model, objective)
         if self.world > 1:
             step = nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
         self.step_module = step
 
     # --- checkpoints ---
     def _clean_orphans(self) -> None:
-        """Temp directories left by a run killed mid-write are removed on start."""
-        if self.is_main and self.ckpt_dir.is_dir():
-            for p in self.ckpt_dir.glob(".*.tmp-*"):
-                shutil.rmtree(p, ignore_errors=True)
+        """What a run killed mid-write left (temp dirs, half-deleted checkpoints) is removed on start."""
+        if self.is_main:
+            clean_checkpoint_dir(self.ckpt_dir)
 
     def save(self, tag: str) -> Path:
         state = {
@@ -232,21 +252,15 @@ class Trainer:
             "rng": _rng_state(),
             "history": {"loss": self.history.loss, "val": self.history.val, "stopped": self.history.stopped},
         }
-        path = self.ckpt_dir / tag
-        save_checkpoint(
-            path,
+        return save_rotating(
+            self.ckpt_dir,
+            tag,
             self.model,
+            self.cfg.checkpoint.keep_last,
             self.answer_vocabularies(),
             meta={"step": self.step, "fit_config": self.cfg.to_dict()},
             extra={TRAINER_STATE: state},
         )
-        tmp = self.ckpt_dir / ".latest.tmp"
-        tmp.write_text(tag)
-        os.replace(tmp, self.ckpt_dir / "latest")
-        steps = sorted(p for p in self.ckpt_dir.glob("step-*") if p.is_dir())
-        for old in steps[: max(0, len(steps) - self.cfg.checkpoint.keep_last)]:
-            shutil.rmtree(old, ignore_errors=True)
-        return path
 
     def _resume(self) -> None:
         latest = self.ckpt_dir / "latest"

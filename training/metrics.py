@@ -86,6 +86,25 @@ def recall_at_k(
     return out
 
 
+def two_stage_recall(
+    scores: np.ndarray, prefilter: np.ndarray, gt_image: np.ndarray, k: int, ks: tuple[int, ...] = (1, 5, 10)
+) -> dict[str, float]:
+    """`recall_at_k` of two-stage search: per caption the pre-filter's top `k` images, re-ranked by
+    their cross-encoder `scores`, then the remaining images in pre-filter order.
+
+    The re-ranking scores are the exhaustive matrix's own entries (the cross-encoder is deterministic
+    per pair), so no second model pass is needed; `k` >= the number of images gives `recall_at_k(scores)`.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    order = np.argsort(-np.asarray(prefilter, dtype=np.float64), axis=1, kind="stable")
+    composed = np.empty_like(s)
+    for i in range(s.shape[0]):
+        top, rest = order[i, :k], order[i, k:]
+        composed[i, top] = s[i, top]
+        composed[i, rest] = s[i, top].min() - 1.0 - np.arange(len(rest))  # below every re-ranked image
+    return recall_at_k(composed, gt_image, ks)
+
+
 class RetrievalScoreMatrix:
     """Collects the per-item logits of a `RetrievalEvalDataset` into its (captions, images) matrix."""
 

@@ -16,7 +16,10 @@ from torch import nn
 
 from vilbert.tasks import Head, Task
 
-FAST_HEADS = tuple(f"heads.{h}." for h in (Head.ANSWER, Head.ANSWER_GQA, Head.MATCH, Head.PAIR, Head.TRIPLE))
+FAST_HEADS = (
+    *(f"heads.{h}." for h in (Head.ANSWER, Head.ANSWER_GQA, Head.MATCH, Head.PAIR, Head.TRIPLE)),
+    "prefilter.",  # the retrieval pre-filter (vilbert.heads.PrefilterHead) starts from scratch too
+)
 
 
 def base_lr(tasks: list[Task], multiplier: float = 1.0) -> float:

@@ -9,7 +9,10 @@ Our format is a directory::
     answers/vqa.json      answer vocabularies (index -> answer string), when known
     answers/gqa.json
 
-It is written atomically: into a temporary sibling directory that is renamed into place.
+It is written atomically: into a temporary sibling directory (files fsynced) that is renamed into
+place, then the parent directory is fsynced.  A training run keeps a rotating set of them
+(`save_rotating`): a `latest` pointer replaced atomically, old ones removed by renaming them away
+first, and `clean_checkpoint_dir` removing whatever a run killed mid-write left behind.
 
 The official import is driven by `official_key_map`: one explicit rule per key of the released
 `multi_task_model.bin` (560 keys), either the name it takes here or the reason it is dropped.
@@ -347,11 +350,92 @@ def _atomic_write_dir(target: Path, write) -> None:
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
+        _fsync_dir(target.parent)
         if old.exists():
             shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make renames inside `directory` durable (a crash after this keeps them)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace a small file (a pointer such as `latest`) atomically: temp file, fsync, rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a checkpoint directory without ever leaving a half-deleted one under its name: it is
+    renamed to a hidden trash name first (atomic), then deleted (`clean_checkpoint_dir` finishes a
+    deletion a crash interrupted)."""
+    trash = path.with_name(f".{path.name}.trash-{os.getpid()}")
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def clean_checkpoint_dir(directory: Path) -> list[Path]:
+    """Remove what a process killed mid-write leaves in a checkpoint directory; returns what it removed.
+
+    ``.NAME.tmp-*``: an unfinished write; ``.NAME.trash-*``: an unfinished deletion; ``.NAME.tmp``: an
+    unfinished pointer update; ``.NAME.old-*``: the previous copy of a replaced checkpoint, put back
+    when the crash fell between the two renames (NAME missing), otherwise removed.
+    """
+    removed: list[Path] = []
+    if not directory.is_dir():
+        return removed
+    for old in sorted(directory.glob(".*.old-*"), key=lambda p: p.stat().st_mtime):
+        target = directory / old.name[1:].rsplit(".old-", 1)[0]
+        if not target.exists():
+            os.replace(old, target)
+            continue
+        shutil.rmtree(old, ignore_errors=True)
+        removed.append(old)
+    for pattern in (".*.tmp-*", ".*.trash-*", ".*.tmp"):
+        for leftover in directory.glob(pattern):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+            removed.append(leftover)
+    return removed
+
+
+def save_rotating(
+    directory: Path,
+    tag: str,
+    model: MultiTaskViLBERT,
+    keep_last: int,
+    answers: Mapping[str, list[str]] | None = None,
+    meta: Mapping | None = None,
+    extra: Mapping[str, object] | None = None,
+    prefix: str = "step-",
+) -> Path:
+    """Save checkpoint `directory/tag`, point `directory/latest` at it, keep the last `keep_last`.
+
+    Killed at any moment, this leaves `latest` naming a complete checkpoint (the new one or the one
+    before), and every `prefix*` directory complete.
+    """
+    path = save_checkpoint(directory / tag, model, answers, meta, extra)
+    write_text_atomic(directory / "latest", tag)
+    kept = sorted(p for p in directory.glob(f"{prefix}*") if p.is_dir())
+    for old in kept[: max(0, len(kept) - keep_last)]:
+        if old.name != tag:
+            remove_checkpoint(old)
+    return path
 
 
 def _recover(target: Path) -> None:

@@ -58,6 +58,10 @@ class ViLBERTConfig:
     num_answers_gqa: int = 1533  # `answer_gqa` head
     classifier_hidden_mult: int = 2  # answer/pair MLP hidden = mult * bi_hidden_size (official 2)
     fused_dropout_prob: float = 0.1  # dropout on the fused pooled vector and before region logits
+    # Width of the retrieval pre-filter's shared embedding space (`heads.PrefilterHead`: caption
+    # from the text prefix, image from the raw region features).  0: no pre-filter head, the value of
+    # every checkpoint written before it existed, so those load unchanged.
+    prefilter_dim: int = 0
     preset: str = "custom"
 
     def __post_init__(self) -> None:
@@ -87,6 +91,7 @@ class ViLBERTConfig:
                 "t_biattention_id within [0, num_hidden_layers]",
             ),
             (len(self.t_biattention_id) >= 1, "at least one co-attention layer"),
+            (self.prefilter_dim >= 0, "prefilter_dim >= 0"),
         ]
         for ok, what in checks:
             if not ok:
@@ -95,6 +100,10 @@ class ViLBERTConfig:
     @property
     def num_co_layers(self) -> int:
         return len(self.v_biattention_id)
+
+    @property
+    def has_prefilter(self) -> bool:
+        return self.prefilter_dim > 0
 
     @property
     def text_prefix_layers(self) -> int:

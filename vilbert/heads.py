@@ -12,13 +12,20 @@ Twelve tasks share six head weight sets (vilbert/tasks.py `Head`):
 `MultiTaskViLBERT.forward` runs the trunk and only the requested task's head.  Two-image tasks
 receive their images on an explicit image axis (B, 2, R, F); nothing is inferred from the batch
 size being even.
+
+Optionally (config `prefilter_dim > 0`) the model also carries `PrefilterHead`, a dual encoder for
+two-stage gallery retrieval: cheap caption and image embeddings that rank a gallery before the
+cross-attention trunk re-ranks the top K.  It is saved in the same checkpoint; checkpoints without
+it load unchanged (`prefilter` is then None and `require_prefilter` says so).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vilbert.config import ViLBERTConfig
@@ -92,6 +99,51 @@ class TaskHeads(nn.Module):
         return self.region(region_states, region_mask)
 
 
+class PrefilterHead(nn.Module):
+    """Dual-encoder pre-filter for gallery retrieval (LightningDOT-style two-stage search).
+
+    caption: masked mean of the text-prefix states (image-free: computed once per query)
+             -> Linear -> GELU -> Linear -> unit vector (B, D)
+    image:   each region's raw feature + 5-d location (before any co-attention) -> projection,
+             LayerNorm, GELU -> masked mean and max over regions -> Linear -> unit vector (B, D)
+
+    Neither side sees the other, so a gallery's image embeddings are computed once, when it is
+    registered; the dot product (cosine similarity) ranks the gallery and only the top K pairs go
+    through the trunk.  Trained with an in-batch contrastive loss (training/step.py).
+    """
+
+    def __init__(self, cfg: ViLBERTConfig) -> None:
+        super().__init__()
+        dim, ht, hv = cfg.prefilter_dim, cfg.hidden_size, cfg.v_hidden_size
+        self.text_hidden = nn.Linear(ht, ht)
+        self.text_out = nn.Linear(ht, dim)
+        self.region_features = nn.Linear(cfg.v_feature_size, hv)
+        self.region_locations = nn.Linear(5, hv)
+        self.region_norm = nn.LayerNorm(hv, eps=cfg.layer_norm_eps)
+        self.image_out = nn.Linear(2 * hv, dim)
+
+    def caption_embedding(self, text_states: Tensor, text_mask: Tensor) -> Tensor:
+        """(B, T+1, H_t) text-prefix states, (B, T+1) 1/0 mask -> (B, D) unit vectors."""
+        m = text_mask.to(text_states.dtype)[..., None]
+        pooled = (text_states * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return F.normalize(self.text_out(F.gelu(self.text_hidden(pooled))), dim=-1)
+
+    def image_embedding(
+        self, region_features: Tensor, region_locations: Tensor, region_mask: Tensor
+    ) -> Tensor:
+        """(B, R, F), (B, R, 5), (B, R) -> (B, D) unit vectors."""
+        x = self.region_features(region_features) + self.region_locations(region_locations)
+        x = F.gelu(self.region_norm(x))  # (B, R, H_v)
+        m = region_mask.to(x.dtype)[..., None]
+        mean = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        peak = (x + (1.0 - m) * MASK_VALUE).amax(1)
+        return F.normalize(self.image_out(torch.cat([mean, peak], dim=-1)), dim=-1)
+
+
+class PrefilterMissingError(ValueError):
+    """A two-stage search asked for the pre-filter of a checkpoint trained without one."""
+
+
 class HeadOutput(NamedTuple):
     """A task's logits plus the trunk output they came from."""
 
@@ -107,7 +159,17 @@ class MultiTaskViLBERT(nn.Module):
         self.config = cfg
         self.trunk = ViLBERTTrunk(cfg)
         self.heads = TaskHeads(cfg)
+        # Built last so adding it leaves the initialisation of everything else unchanged.
+        self.prefilter = PrefilterHead(cfg) if cfg.has_prefilter else None
         init_weights(self)
+
+    def require_prefilter(self) -> PrefilterHead:
+        if self.prefilter is None:
+            raise PrefilterMissingError(
+                "this checkpoint has no retrieval pre-filter (prefilter_dim = 0 in its config.json): "
+                "train one with `prefilter.enabled: true` in the fit config, or search exhaustively"
+            )
+        return self.prefilter
 
     def forward(
         self,
@@ -177,3 +239,19 @@ class MultiTaskViLBERT(nn.Module):
         """Score one cached text prefix (batch 1) against N images; returns (N,) match logits."""
         out = self.trunk.encode_joint(prefix, region_features, region_locations, region_mask)
         return self.head_logits(task.head, out, region_mask)
+
+
+def with_prefilter(model: MultiTaskViLBERT, dim: int) -> MultiTaskViLBERT:
+    """`model` with a freshly initialised pre-filter head of width `dim` (for fine-tuning a checkpoint
+    trained without one).  Every other weight is copied; a model that has one is returned as is."""
+    if model.prefilter is not None:
+        if model.config.prefilter_dim != dim:
+            raise ValueError(f"the model's pre-filter is {model.config.prefilter_dim}-d, not {dim}-d")
+        return model
+    grown = MultiTaskViLBERT(dataclasses.replace(model.config, prefilter_dim=dim))
+    missing, unexpected = grown.load_state_dict(model.state_dict(), strict=False)
+    if unexpected or any(not k.startswith("prefilter.") for k in missing):
+        raise ValueError(
+            f"adding a pre-filter changed other weights: missing {missing}, unexpected {unexpected}"
+        )
+    return grown

@@ -58,6 +58,7 @@ def build_tiny_inputs(root: Path) -> TinyInputs:
     torch.manual_seed(0)
     cfg = tiny(v_feature_size=FEATURE_DIM)
     cfg.num_answers, cfg.num_answers_gqa = vqa.num_answers, gqa.num_answers
+    cfg.prefilter_dim = 8  # with the retrieval pre-filter, so its graphs are exported and gated too
     answers = {
         "vqa": sorted(vqa.ans2label, key=vqa.ans2label.get),
         "gqa": sorted(gqa.ans2label, key=gqa.ans2label.get),

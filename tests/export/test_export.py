@@ -44,6 +44,15 @@ def test_gate_passed_for_every_task(tiny_export):
     assert "PASSED" in md and "| guesswhat |" in md
 
 
+def test_gate_covers_the_split_trunk_and_the_prefilter(tiny_export):
+    split = {d["graph"]: d for d in tiny_export.report["gate"]["split"]}
+    for name in ("text_prefix", "joint (fused)", "text_prefix -> joint -> head_match", "prefilter_image"):
+        assert split[name]["max_abs_diff"] <= FP32_TOLERANCE and not split[name]["failures"]
+    assert "prefilter_text" in split and all(d["max_abs_value"] > 0 for d in split.values())
+    manifest = read_manifest(tiny_export.repository)
+    assert {"trunk", "text_prefix", "joint", "prefilter_text", "prefilter_image"} <= set(manifest["models"])
+
+
 def test_repository_is_self_contained(tiny_export):
     repo = tiny_export.repository
     manifest = read_manifest(repo)
@@ -136,7 +145,8 @@ def test_failed_gate_writes_no_repository(tiny_export, tmp_path):
         finish_export(options, loaded, exported, None, log=lambda _line: None)
     assert not out.exists()
     report = json.loads((tmp_path / "repo.parity.json").read_text())
-    assert not report["gate"]["passed"] and len(report["gate"]["failures"]) == 12
+    gate = report["gate"]  # every task fails, and every split-trunk / pre-filter check
+    assert not gate["passed"] and gate["split"] and len(gate["failures"]) == 12 + len(gate["split"])
 
 
 def export_graphs_from(tiny_export, loaded, int8: bool = False):

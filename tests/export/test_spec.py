@@ -10,25 +10,37 @@ import pytest
 from export import check
 from export.repository import tasks_document
 from export.spec import (
+    CAPTION_EMBEDDING,
     FUSED,
     HEAD_PREFIX,
+    IMAGE_EMBEDDING,
+    JOINT,
+    PREFILTER_IMAGE,
+    PREFILTER_TEXT,
     REGIONS,
     TEXT,
+    TEXT_PREFIX,
+    TOKENS,
     TRUNK,
     TRUNK_INPUTS,
+    GraphKind,
     build_spec,
     used_heads,
     wire_shape,
 )
 from export.triton_config import Backend, Deployment, render_config
-from vilbert.config import base, tiny
+from vilbert.config import base, preset, tiny
 from vilbert.tasks import TASKS, Head
 
 
 def test_every_head_of_the_table_gets_one_graph_and_every_task_a_route():
     spec = build_spec(tiny())
     assert set(used_heads()) == {t.head for t in TASKS}
-    assert [g.name for g in spec.graphs] == [TRUNK, *(f"{HEAD_PREFIX}{h.value}" for h in used_heads())]
+    heads = [f"{HEAD_PREFIX}{h.value}" for h in used_heads()]
+    assert [g.name for g in spec.graphs] == [TRUNK, *heads, TEXT_PREFIX, JOINT]
+    with_prefilter = build_spec(preset("tiny", prefilter_dim=8))
+    names = [g.name for g in with_prefilter.graphs]
+    assert names == [TRUNK, *heads, TEXT_PREFIX, JOINT, PREFILTER_TEXT, PREFILTER_IMAGE]
     assert [r.task for r in spec.routes] == [t.slug for t in TASKS]
     for task in TASKS:
         r = spec.route_for(task)
@@ -45,6 +57,21 @@ def test_trunk_contract_follows_the_model_config():
     assert trunk.output(FUSED).shape[-1] == cfg.bi_hidden_size
     assert trunk.output("region_states").shape[-1] == cfg.v_hidden_size
     assert trunk.batched and trunk.dynamic_batching
+
+
+def test_split_trunk_and_prefilter_contracts_chain():
+    cfg = preset("tiny", prefilter_dim=8)
+    spec = build_spec(cfg)
+    prefix, joint = spec.graph(TEXT_PREFIX), spec.graph(JOINT)
+    pf_text, pf_image = spec.graph(PREFILTER_TEXT), spec.graph(PREFILTER_IMAGE)
+    assert [t.name for t in prefix.inputs] == list(TRUNK_INPUTS[:3])
+    assert joint.inputs[:2] == prefix.outputs == pf_text.inputs  # text_prefix's output feeds both
+    assert joint.inputs[2:] == spec.trunk.inputs[3:] == pf_image.inputs
+    assert joint.outputs == spec.trunk.outputs  # the heads read joint exactly as they read trunk
+    assert prefix.outputs[0].shape == ("batch", TOKENS, cfg.hidden_size)
+    assert pf_text.output(CAPTION_EMBEDDING).shape[-1] == pf_image.output(IMAGE_EMBEDDING).shape[-1] == 8
+    assert {prefix.kind, joint.kind} == {GraphKind.TRUNK_SPLIT} and joint.dynamic_batching
+    assert {pf_text.kind, pf_image.kind} == {GraphKind.PREFILTER}
 
 
 def test_head_inputs_are_trunk_outputs_and_widths_match_the_config():

@@ -23,6 +23,7 @@ from vilbert.tasks import Endpoint, Task
 from vilbert.tokenizer import load_tokenizer
 
 FEATURE_DIM = 32  # the tiny detector's representation size = the tiny model's v_feature_size
+PREFILTER_DIM = 8  # the tiny model's retrieval pre-filter width
 VQA_ANSWERS = ["yes", "no", "red", "blue", "green", "circle", "square", "1", "2", "3", "4"]
 GQA_ANSWERS = ["left", "right", "top", "bottom", "red", "blue", "none"]
 SHAPE_NAMES = ("circle", "square", "triangle")
@@ -47,7 +48,8 @@ def tiny_detector_preset():
 
 def build_tiny_checkpoint(path: Path) -> Path:
     torch.manual_seed(0)
-    model = MultiTaskViLBERT(preset("tiny", v_feature_size=FEATURE_DIM))
+    # With the retrieval pre-filter: /retrieve runs two-stage by default (tests/server/test_two_stage.py).
+    model = MultiTaskViLBERT(preset("tiny", v_feature_size=FEATURE_DIM, prefilter_dim=PREFILTER_DIM))
     return save_checkpoint(path, model, answers={"vqa": VQA_ANSWERS, "gqa": GQA_ANSWERS})
 
 

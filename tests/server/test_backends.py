@@ -16,10 +16,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.backend import BackendError, OnnxBackend, TorchBackend, graph_names
+from server.backend import BackendError, OnnxBackend, TorchBackend, graph_names, optional_graph_names
 from server.loading import Components
 from server.triton_backend import TritonBackend
-from tests.server.fixtures import task_body, tiny_settings
+from tests.server.fixtures import b64, scene_png, task_body, tiny_settings
 from vilbert.checkpoint import load_checkpoint
 from vilbert.tasks import TASKS
 
@@ -190,3 +190,57 @@ def test_unreachable_triton_is_not_ready():
     with pytest.raises(BackendError):
         backend.infer("trunk", {})
     backend.close()
+
+
+def _gallery_answers(client: TestClient, pngs: list[bytes]) -> dict[str, dict]:
+    r = client.put("/galleries/g", json={"images": [b64(scene_png(200 + i)) for i in range(5)]})
+    assert r.status_code == 200, r.text
+    out = {"gallery": r.json()}
+    for name, extra in {
+        "two_stage": {"rerank_k": 2, "top_k": 2},
+        "covering": {"mode": "two_stage", "rerank_k": 5, "top_k": 5},
+        "exhaustive": {"mode": "exhaustive", "top_k": 5},
+    }.items():
+        r = client.post("/retrieve", json={"caption": "a red circle", "gallery": "g", **extra})
+        assert r.status_code == 200, r.text
+        out[name] = r.json()
+    return out
+
+
+@pytest.mark.slow
+def test_local_backend_two_stage_matches_torch(onnx_repo, components, tmp_path, tiny_checkpoint, pngs):
+    """The local backend runs text_prefix once + joint per image batch and the pre-filter graphs,
+    and ranks as the torch backend does, in both modes."""
+    local = OnnxBackend(onnx_repo, threads=1)
+    assert all(local.has_graph(m) for m in optional_graph_names())
+    a = _gallery_answers(app_for(components.backend, components, tmp_path / "t", tiny_checkpoint), pngs)
+    b = _gallery_answers(app_for(local, components, tmp_path / "o", tiny_checkpoint), pngs)
+    assert a["gallery"] == b["gallery"] and b["gallery"]["prefilter"]
+    for name in ("two_stage", "covering", "exhaustive"):
+        assert_same_answer(a[name], b[name])
+    ids = [[x["image_id"] for x in b[n]["results"]] for n in ("covering", "exhaustive")]
+    assert ids[0] == ids[1] and b["two_stage"]["scored"] == 2
+
+
+@pytest.mark.slow
+def test_local_repository_without_the_new_graphs_falls_back(
+    onnx_repo, components, tmp_path, tiny_checkpoint, pngs
+):
+    """A repository exported before the split trunk and the pre-filter: trunk per image, exhaustive."""
+    legacy = tmp_path / "legacy"
+    for model in graph_names():
+        (legacy / model / "1").mkdir(parents=True)
+        (legacy / model / "1" / "model.onnx").write_bytes(
+            (onnx_repo / model / "1" / "model.onnx").read_bytes()
+        )
+    backend = OnnxBackend(legacy, threads=1)
+    assert backend.ready() == dict.fromkeys(graph_names(), True)
+    assert not any(backend.has_graph(m) for m in optional_graph_names())
+    old = app_for(backend, components, tmp_path / "l", tiny_checkpoint)
+    new = app_for(OnnxBackend(onnx_repo, threads=1), components, tmp_path / "n", tiny_checkpoint)
+    body = {"caption": "a red circle", "images": [b64(p) for p in pngs], "top_k": 4}
+    a, b = old.post("/retrieve", json=body), new.post("/retrieve", json={**body, "mode": "exhaustive"})
+    assert a.status_code == b.status_code == 200 and a.json()["mode"] == "exhaustive"
+    assert_same_answer(a.json(), b.json())
+    refused = old.post("/retrieve", json={**body, "mode": "two_stage"})
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "mode"
