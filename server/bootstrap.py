@@ -21,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -123,6 +124,13 @@ def serve(p: Paths, backend: str, host: str, port: int) -> None:
     args += ["--model-repository", str(p.repository)]
     n = len(steps(p)) + 1
     print(f"[{n}/{n}] serving with the {backend} backend", flush=True)
+
+    # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal with the handler it found;
+    # the default one would kill this process before the ExitStack stops Triton, leaving it orphaned.
+    def exit_cleanly(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, exit_cleanly)
     with contextlib.ExitStack() as stack:
         if backend == "triton":
             from server.triton import TritonServer

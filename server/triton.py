@@ -34,6 +34,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -194,6 +195,9 @@ class TritonServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # its python stubs go with it on stop (process group)
+                preexec_fn=_die_with_parent()
+                if threading.current_thread() is threading.main_thread()
+                else None,
             )
         finally:
             log.close()
@@ -363,3 +367,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _die_with_parent():
+    """A `preexec_fn` asking Linux to SIGTERM the child when its parent dies (even by SIGKILL), so a
+    killed gateway never leaves tritonserver and its stubs behind.  The death signal follows the
+    forking *thread*, so it is only set from the main thread.  None where prctl is unavailable."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return None
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+
+    return preexec

@@ -162,3 +162,70 @@ def test_cli_starts_waits_for_every_model_and_stops_on_sigterm(tiny_export):
         if process.poll() is None:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def _children(pid: int) -> list[tuple[int, str]]:
+    """(pid, command line) of the live processes whose parent is `pid` (Linux /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                cmd = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append((int(stat.parent.name), cmd))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_serve_never_leaves_tritonserver_behind(tiny_inputs, tiny_export, tmp_path, sig):
+    """`make serve`'s serve step (Triton + gateway in one process): stopping it with SIGTERM (after
+    uvicorn's drain) or killing it with SIGKILL also ends tritonserver and its stubs."""
+    port = free_port()
+    code = (
+        "import sys; from pathlib import Path; from server.bootstrap import Paths, serve\n"
+        "p = Paths(world=Path(sys.argv[1]), detector=Path(sys.argv[2]), checkpoint=Path(sys.argv[3]),"
+        " repository=Path(sys.argv[4]), cache=Path(sys.argv[5]))\n"
+        "serve(p, 'triton', '127.0.0.1', int(sys.argv[6]))\n"
+    )
+    args = [tiny_inputs.world, tiny_inputs.detector, tiny_inputs.checkpoint, tiny_export.repository]
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, *map(str, args), str(tmp_path / "cache"), str(port)],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and process.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://{HOST}:{port}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.3)
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        tritons = [pid for pid, cmd in _children(process.pid) if "tritonserver" in cmd]
+        assert len(tritons) == 1
+        stubs = [pid for pid, _ in _children(tritons[0])]
+        assert stubs  # one python-backend stub per model instance
+        process.send_signal(sig)
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(_alive(p) for p in [*tritons, *stubs]):
+            time.sleep(0.2)
+        assert not [p for p in [*tritons, *stubs] if _alive(p)], "tritonserver outlived the gateway"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
