@@ -27,7 +27,7 @@ from export.graphs import (
 from export.parity import FP32_TOLERANCE, INT8_METRIC_POINTS, run_gate
 from export.quantize import QuantizeOptions, quantize_graph
 from export.report import write_report
-from export.repository import write_repository
+from export.repository import checkpoint_digest, exporter_digest, write_repository
 from export.runtime import OnnxGraphs
 from export.spec import ExportSpec, GraphKind, build_spec
 from export.triton_config import Backend, Deployment
@@ -309,6 +309,8 @@ def finish_export(
             "checkpoint": str(opts.checkpoint),
             "parity": {"passed": True, "report": f"{out.name}.parity.json"},
             "versions": report["versions"],
+            "exporter": exporter_digest(),
+            "checkpoint_sha256": checkpoint_digest(opts.checkpoint),
         }
         repository = write_repository(
             out, spec, opts.deployment, files, version=opts.version, answers=loaded.answers, manifest=manifest

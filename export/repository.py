@@ -74,6 +74,33 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def exporter_digest() -> str:
+    """sha256 over the export package's own source: a repository written by other exporter code
+    (an older checkout) is stale even when its files are all there."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def checkpoint_digest(checkpoint: Path) -> str:
+    """sha256 of a checkpoint directory's weights file (what the graphs were exported from)."""
+    return sha256(Path(checkpoint) / "model.safetensors")
+
+
+def stale_reason(repository: Path, checkpoint: Path) -> str | None:
+    """Why `repository` no longer matches `checkpoint` and this exporter, or None when it does."""
+    try:
+        manifest = read_manifest(repository)
+    except (OSError, ValueError):
+        return "no readable export.json"
+    if manifest.get("exporter") != exporter_digest():
+        return "the exporter code changed since it was written"
+    if manifest.get("checkpoint_sha256") != checkpoint_digest(checkpoint):
+        return f"it was exported from other weights than {checkpoint}"
+    return None
+
+
 def _place(src: Path, dst: Path) -> None:
     """Hard-link when possible (graphs can be a gigabyte), else copy."""
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ class Step:
     command: list[str]
     done: Path  # exists when the step's output is complete
     stamp: bool = False  # the step has no single output file: write `done` after success
+    stale: Callable[[], str | None] | None = None  # why an existing output must be rebuilt, if it must
 
 
 def steps(p: Paths) -> list[Step]:
@@ -81,8 +82,23 @@ def steps(p: Paths) -> list[Step]:
             p.world / "datasets" / "cocoRetreival" / "hard_negative_cleaned.pkl",
         ),
         Step("all-task demo training (about 15 minutes)", fit, p.checkpoint / "model.safetensors"),
-        Step("export (ONNX graphs + Triton repository)", export, p.repository / "export.json"),
+        Step(
+            "export (ONNX graphs + Triton repository)",
+            export,
+            p.repository / "export.json",
+            stale=lambda: _stale_export(p),
+        ),
     ]
+
+
+def _show(path: Path) -> str:
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _stale_export(p: Paths) -> str | None:
+    from export.repository import stale_reason
+
+    return stale_reason(p.repository, p.checkpoint)
 
 
 def build(p: Paths) -> None:
@@ -90,8 +106,11 @@ def build(p: Paths) -> None:
     for i, step in enumerate(plan, 1):
         head = f"[{i}/{len(plan) + 1}] {step.title}"
         if step.done.exists():
-            print(f"{head}: ready ({step.done.relative_to(ROOT)})", flush=True)
-            continue
+            reason = step.stale() if step.stale is not None else None
+            if reason is None:
+                print(f"{head}: ready ({_show(step.done)})", flush=True)
+                continue
+            print(f"{head}: out of date ({reason}); rebuilding", flush=True)
         print(f"{head}: running\n    $ {' '.join(step.command)}", flush=True)
         start = time.monotonic()
         code = subprocess.call(step.command, cwd=ROOT)

@@ -202,3 +202,36 @@ def test_fp16_onnxruntime_rendering_on_cuda(tiny_inputs, tmp_path):
         ]
     )
     assert code == 0 and (out / "trunk" / "1" / "model.onnx").is_file()
+
+
+def test_a_repository_knows_when_it_is_stale(tiny_inputs, tiny_export, tmp_path, monkeypatch):
+    """make serve re-exports when the exporter code or the checkpoint's weights changed since."""
+    import shutil
+
+    import export.repository as repository
+    from server import bootstrap
+
+    assert repository.stale_reason(tiny_export.repository, tiny_inputs.checkpoint) is None
+    other = tmp_path / "other-checkpoint"
+    shutil.copytree(tiny_inputs.checkpoint, other)
+    with open(other / "model.safetensors", "ab") as f:
+        f.write(b"\0")  # other weights
+    assert "other weights" in repository.stale_reason(tiny_export.repository, other)
+    monkeypatch.setattr(repository, "exporter_digest", lambda: "0" * 64)
+    assert "exporter code changed" in repository.stale_reason(tiny_export.repository, tiny_inputs.checkpoint)
+
+    # bootstrap's export step reruns a stale repository and skips a current one
+    ran = []
+    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: ran.append(cmd) or 0)
+    monkeypatch.setattr(bootstrap, "_record_timing", lambda *a: None)
+    paths = bootstrap.Paths(checkpoint=tiny_inputs.checkpoint, repository=tiny_export.repository)
+    plan = [s for s in bootstrap.steps(paths) if s.stale is not None]
+    monkeypatch.setattr(bootstrap, "steps", lambda p: plan)
+    bootstrap.build(paths)
+    assert len(ran) == 1 and "export" in ran[0]
+    monkeypatch.undo()
+    ran.clear()
+    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: ran.append(cmd) or 0)
+    monkeypatch.setattr(bootstrap, "steps", lambda p: plan)
+    bootstrap.build(paths)
+    assert ran == []
