@@ -365,10 +365,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
-
-
 def _die_with_parent():
     """A `preexec_fn` asking Linux to SIGTERM the child when its parent dies (even by SIGKILL), so a
     killed gateway never leaves tritonserver and its stubs behind.  The death signal follows the
@@ -387,3 +383,7 @@ def _die_with_parent():
         libc.prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
 
     return preexec
+
+
+if __name__ == "__main__":
+    sys.exit(main())
