@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.training.fixtures import FIXTURE_CONFIG, build_reference_fixture
@@ -29,3 +31,10 @@ def small_world(tmp_path_factory):
     started = time.perf_counter()
     rows, shrink = generate_world(root, size="small", seed=0, progress=False, placeholder_dim=32)
     return root, rows, shrink, time.perf_counter() - started
+
+
+@pytest.fixture(scope="module")
+def data_root(reference_root):
+    """The reference fixture tree with its loader_config.json (what `training.fit` reads)."""
+    (reference_root / "datasets" / "loader_config.json").write_text(json.dumps(FIXTURE_CONFIG))
+    return reference_root

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.training.fixtures import FIXTURE_CONFIG
 from training.config import FitConfig, ScheduleKind
 from training.dsg import StopAndGo
 from training.fit import Trainer, active_tasks
@@ -20,12 +19,6 @@ from vilbert.tasks import get_task
 
 TASKS = "[vqa,visual7w,retrieval_coco,refcoco,nlvr2,snli_ve,guesswhat]"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def data_root(reference_root):
-    (reference_root / "datasets" / "loader_config.json").write_text(json.dumps(FIXTURE_CONFIG))
-    return reference_root
 
 
 def tiny_config(data_root, out, *extra):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-from tests.training.fixtures import FIXTURE_CONFIG
 from training.config import FitConfig
 from training.datasets import collate
 from training.fit import Trainer
@@ -21,12 +20,6 @@ from vilbert.heads import MultiTaskViLBERT, PrefilterMissingError, with_prefilte
 from vilbert.tasks import get_task
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def data_root(reference_root):
-    (reference_root / "datasets" / "loader_config.json").write_text(json.dumps(FIXTURE_CONFIG))
-    return reference_root
 
 
 def fit_config(data_root, out, *extra):
