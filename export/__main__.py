@@ -38,6 +38,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="examples per task for the metric gate (default: 64 for fp32, 1000 for int8)",
     )
     p.add_argument(
+        "--max-captions",
+        type=int,
+        default=None,
+        help="retrieval captions for the metric gate, each ranked against the whole test gallery "
+        "(default: 64, or --max-examples when smaller; 16 takes a quarter of the time)",
+    )
+    p.add_argument(
         "--int8-points", type=float, default=1.0, help="int8 gate: metric within this many points of PyTorch"
     )
     p.add_argument(
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root=args.data,
         skip_metric=args.skip_metric,
         max_examples=args.max_examples,
+        max_captions=args.max_captions,
         int8_points=args.int8_points,
         measure_int8=not args.no_int8_report,
         quantize=QuantizeOptions(

@@ -72,6 +72,7 @@ class ExportOptions:
     data_root: Path | None = None  # synthetic world for the metric half of the gate
     skip_metric: bool = False  # gate on generated inputs only (the report says so)
     max_examples: int | None = None  # per task for the metric gate; None: gate_examples(precision)
+    max_captions: int | None = None  # retrieval captions for the metric gate; None: FP32_GATE_EXAMPLES
     tolerance: float = FP32_TOLERANCE
     int8_points: float = INT8_METRIC_POINTS
     measure_int8: bool = True  # quantize and measure int8 even for fp32 exports (report only)
@@ -245,7 +246,7 @@ def finish_export(
         gate_int8=opts.precision is Precision.INT8,
         data_root=data_root,
         max_examples=opts.max_examples or gate_examples(opts.precision),
-        max_captions=min(opts.max_examples or FP32_GATE_EXAMPLES, FP32_GATE_EXAMPLES),
+        max_captions=opts.max_captions or min(opts.max_examples or FP32_GATE_EXAMPLES, FP32_GATE_EXAMPLES),
         tolerance=opts.tolerance,
         int8_points=opts.int8_points,
         detector=loaded.detector,

@@ -117,6 +117,18 @@ def test_int8_rendering(tiny_export, tmp_path):
         assert diff < 1.0, (task.slug, diff)
 
 
+def test_gate_caps_retrieval_captions_separately(tiny_export, tmp_path):
+    """`--max-captions`: retrieval ranks each caption against the whole gallery, so it has its own cap."""
+    loaded = load_inputs(tiny_export.inputs.checkpoint, None)
+    options = ExportOptions(
+        checkpoint=tiny_export.inputs.checkpoint, out=tmp_path / "r", max_examples=6, max_captions=2
+    )
+    finish_export(options, loaded, export_graphs_from(tiny_export, loaded), tiny_export.inputs.world, str)
+    rows = {t["task"]: t for t in json.loads((tmp_path / "r.parity.json").read_text())["gate"]["tasks"]}
+    assert {rows[s]["examples"] for s in ("retrieval_coco", "retrieval_flickr30k")} == {2}
+    assert rows["vqa"]["examples"] == rows["gqa"]["examples"] == 6
+
+
 def test_int8_gate_fails_past_its_tolerance(tiny_export, tmp_path):
     loaded = load_inputs(tiny_export.inputs.checkpoint, None)
     options = ExportOptions(
