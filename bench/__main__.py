@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     log(f"wrote {args.out} and {args.doc} in {result['seconds']:.0f} s")
     for c in result["checks"]:
         log(
-            f"  [{'met' if c['met'] else 'NOT met' if c['met'] is False else 'n/a'}] {c['claim']}: "
-            f"{c['value']}"
+            f"  [{'info' if c.get('info') else {True: 'met', False: 'NOT met', None: 'n/a'}[c['met']]}] "
+            f"{c['claim']}: {c['value']}"
         )
     return 0
 
