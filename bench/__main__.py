@@ -214,7 +214,8 @@ def section_accuracy(args) -> dict:
         max_examples=n,
         retrieval_captions=captions,
         threads=args.threads,
-        retrieval_variants=("int8",),
+        retrieval_variants=("int8", "int8_served"),
+        served_variants=("int8",),
         log=log,
     )
     out["int8_choice"] = shipped.label()

@@ -26,12 +26,17 @@ def metric_table(
     retrieval_captions: int,
     threads: int,
     retrieval_variants: tuple[str, ...] | None = None,
+    served_variants: tuple[str, ...] = (),
     log=print,
 ) -> dict:
-    """{"tasks": [{task, metric, split, examples, pytorch, <variant>: score, ...}], "max_abs_delta": ...}."""
+    """{"tasks": [{task, metric, split, examples, pytorch, <variant>: score, ...}], "max_abs_delta": ...}.
+
+    Each variant is evaluated in batches of 32 padded to the task maximum (as the export gate runs);
+    those named in `served_variants` also as the gateway calls them (`<variant>_served`: one example
+    per call, padded only as far as it needs, `export.parity.ServedShapesModel`)."""
     import torch
 
-    from export.parity import OnnxModel, metric_dataset, task_metric
+    from export.parity import OnnxModel, ServedShapesModel, metric_dataset, task_metric
     from export.runtime import OnnxGraphs
     from export.spec import build_spec
     from vilbert.checkpoint import load_checkpoint
@@ -40,6 +45,8 @@ def metric_table(
     model = load_checkpoint(checkpoint).model.eval()
     spec = build_spec(model.config)
     graphs = {label: OnnxModel(OnnxGraphs(spec, files, threads)) for label, files in variants.items()}
+    for label in served_variants:
+        graphs[f"{label}_served"] = ServedShapesModel(graphs[label].graphs)
     rows = []
     started = time.perf_counter()
     for task in TASKS:
@@ -60,7 +67,8 @@ def metric_table(
             skip = (
                 task.head is Head.MATCH and retrieval_variants is not None and label not in retrieval_variants
             )
-            row[label] = None if skip else task_metric(onnx_model, task, data, n)["score"]
+            batch = 1 if isinstance(onnx_model, ServedShapesModel) else 32
+            row[label] = None if skip else task_metric(onnx_model, task, data, n, batch_size=batch)["score"]
         rows.append(row)
         log(
             f"  {task.slug:<20} {row['examples']:>4} ex  pytorch {row['pytorch']:6.2f}  "

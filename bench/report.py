@@ -80,14 +80,23 @@ def checks(r: dict) -> list[dict]:
     acc = r.get("accuracy")
     delta = _get(acc, "max_abs_delta", "int8")
     add(
-        "int8 metric, every task, max abs(int8 - PyTorch), points (demo, #10: <= 0.5)",
-        delta,
+        "int8 metric as served (one request per call, padded as needed), every task, "
+        "max abs(int8 - PyTorch), points (demo, #10: <= 0.5)",
+        _get(acc, "max_abs_delta", "int8_served"),
         0.5,
         ".2f",
         lambda v: v <= 0.5,
     )
     add(
-        "int8 metric, every task, max abs(int8 - PyTorch), points (demo, #6: <= 1)",
+        "the same in batches of 32 padded to the task maximum (the export gate's shapes)",
+        delta,
+        0.5,
+        ".2f",
+        lambda v: v <= 0.5,
+        info=True,
+    )
+    add(
+        "int8 metric in batches of 32 (the export gate), max abs(int8 - PyTorch), points (demo, #6: <= 1)",
         delta,
         1.0,
         ".2f",
@@ -298,6 +307,7 @@ def _accuracy_md(r: dict) -> list[str]:
     if not acc:
         return []
     variants = acc["variants"]
+    deltas = [v for v in ("int8", "int8_served") if v in variants]
     lines = [
         "",
         "## int8 accuracy: each task's metric on the synthetic test split (demo model)",
@@ -305,16 +315,25 @@ def _accuracy_md(r: dict) -> list[str]:
         f"Same examples for every column (up to {acc['max_examples']} per task — every example of the test "
         "splits; "
         f"retrieval: {acc['retrieval_captions']} captions, each ranked against the whole test gallery).  "
-        f"Shipped int8: {acc.get('int8_choice')}.",
+        f"Shipped int8: {acc.get('int8_choice')}.  Columns evaluate in batches of 32 padded to the task "
+        "maximum (the export gate's shapes), except `*_served`: one example per call, padded only as far "
+        "as it needs, as the gateway calls the graphs.  Dynamic int8 quantizes activations with one scale "
+        "per tensor, so padding rows and batch neighbours move its answers; fp32 does not care.",
         "",
-        "| task | metric | split | examples | PyTorch | " + " | ".join(variants) + " | int8 − PyTorch |",
-        "|---|---|---|---:|---:|" + "---:|" * len(variants) + "---:|",
+        "| task | metric | split | examples | PyTorch | "
+        + " | ".join(variants)
+        + " | "
+        + " | ".join(f"{d} − PyTorch" for d in deltas)
+        + " |",
+        "|---|---|---|---:|---:|" + "---:|" * (len(variants) + len(deltas)),
     ]
     for t in acc["tasks"]:
         lines.append(
             f"| {t['task']} | {t['metric']} | {t['split']} | {t['examples']} | {t['pytorch']:.2f} | "
             + " | ".join(_f(t[v]) for v in variants)
-            + f" | {t['int8'] - t['pytorch']:+.2f} |"
+            + " | "
+            + " | ".join("—" if t.get(d) is None else f"{t[d] - t['pytorch']:+.2f}" for d in deltas)
+            + " |"
         )
     lines.append("")
     lines.append(

@@ -143,6 +143,26 @@ class OnnxModel:
         return self
 
 
+class ServedShapesModel(OnnxModel):
+    """`OnnxModel` called the way the gateway calls the graphs: one example per call (evaluate with
+    batch size 1), text and regions cut to what the example uses instead of the task maximum the
+    dataset pads to.  Dynamic int8 quantizes activations with one scale per tensor, so the padded rows
+    and the other examples of a batch change its answers; fp32 does not care."""
+
+    def trunk(self, **inputs: Tensor) -> SimpleNamespace:
+        text = int(inputs["attention_mask"].sum(1).max())
+        regions = int(inputs["region_mask"].sum(1).max())
+        width = inputs["region_mask"].shape[1]
+        feeds = {}
+        for name, value in inputs.items():
+            keep = regions if name.startswith("region_") else text if value.ndim >= 2 else None
+            feeds[name] = np.ascontiguousarray(value.numpy()[:, :keep] if keep is not None else value.numpy())
+        out = self.graphs.trunk(feeds)
+        states = out[REGION_STATES]  # back to the dataset's width: the heads read it with its mask
+        out[REGION_STATES] = np.pad(states, [(0, 0), (0, width - states.shape[1]), (0, 0)])
+        return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in out.items()})
+
+
 @dataclass
 class MetricData:
     """One task's evaluation data for the gate."""

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from export.__main__ import main as export_main
-from export.parity import FP32_TOLERANCE, generated_diff
+from export.parity import (
+    FP32_TOLERANCE,
+    OnnxModel,
+    ServedShapesModel,
+    generated_diff,
+    metric_dataset,
+    task_metric,
+)
 from export.pipeline import (
     ExportOptions,
     ExportSkippedError,
@@ -25,7 +32,7 @@ from export.repository import read_answers, read_manifest, read_tasks, sha256
 from export.runtime import OnnxGraphs
 from export.triton_config import Backend
 from vilbert.checkpoint import load_checkpoint
-from vilbert.tasks import TASKS
+from vilbert.tasks import TASKS, get_task
 
 
 def test_gate_passed_for_every_task(tiny_export):
@@ -75,6 +82,27 @@ def test_repository_graphs_match_pytorch_on_all_tasks(tiny_export):
         diff, shape = generated_diff(model, graphs, task, np.random.default_rng(100 + task.task_id))
         assert diff <= FP32_TOLERANCE, (task.slug, diff)
         assert shape[0] == 2
+
+
+def test_served_shapes_cut_the_padding_and_keep_the_fp32_metric(tiny_export):
+    """`ServedShapesModel` (bench's "as served" int8 column): one example per call, cut to what it uses."""
+    model = load_checkpoint(tiny_export.inputs.checkpoint).model.eval()
+    graphs = OnnxGraphs.from_repository(tiny_export.repository)
+    widths: list[tuple[int, int]] = []
+    served = ServedShapesModel(graphs)
+    run = graphs.trunk
+    graphs.trunk = lambda feeds: (
+        widths.append((feeds["input_ids"].shape[1], feeds["region_mask"].shape[1])) or run(feeds)
+    )
+    for slug in ("vqa", "refcoco", "nlvr2", "retrieval_coco"):
+        task = get_task(slug)
+        data = metric_dataset(task, tiny_export.inputs.world, 6, model.config)
+        widths.clear()
+        got = task_metric(served, task, data, 6, batch_size=1)
+        assert widths and max(w for w, _ in widths) < task.max_text_tokens, (slug, widths)
+        assert max(r for _, r in widths) < task.max_regions, (slug, widths)
+        want = task_metric(OnnxModel(OnnxGraphs.from_repository(tiny_export.repository)), task, data, 6)
+        assert got["score"] == pytest.approx(want["score"]) and got["examples"] == want["examples"], slug
 
 
 def test_cpu_graphs_carry_onnxruntime_fusions(tiny_export):
