@@ -503,7 +503,7 @@ def _serving_md(r: dict) -> list[str]:
             )
     lines += [
         "",
-        *_cold_md(sv["cold_vs_cached"], "local gateway, demo model, its 2.4M-parameter synthetic detector"),
+        *_cold_md(sv["cold_vs_cached"], "local gateway, demo model, its 2.3M-parameter synthetic detector"),
         "",
         "Peak resident memory (VmHWM) of the serving processes:",
         "",
