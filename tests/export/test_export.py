@@ -149,7 +149,11 @@ def test_gate_caps_retrieval_captions_separately(tiny_export, tmp_path):
     """`--max-captions`: retrieval ranks each caption against the whole gallery, so it has its own cap."""
     loaded = load_inputs(tiny_export.inputs.checkpoint, None)
     options = ExportOptions(
-        checkpoint=tiny_export.inputs.checkpoint, out=tmp_path / "r", max_examples=6, max_captions=2
+        checkpoint=tiny_export.inputs.checkpoint,
+        out=tmp_path / "r",
+        max_examples=6,
+        max_captions=2,
+        keep_work=True,  # the graphs are the shared export's
     )
     finish_export(options, loaded, export_graphs_from(tiny_export, loaded), tiny_export.inputs.world, str)
     rows = {t["task"]: t for t in json.loads((tmp_path / "r.parity.json").read_text())["gate"]["tasks"]}
