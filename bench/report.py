@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 
 def _get(d: dict | None, *keys, default=None):
     for k in keys:
@@ -13,30 +11,13 @@ def _get(d: dict | None, *keys, default=None):
     return d
 
 
+# (claim, value, target, format, direction, info): direction ">=" or "<="; `info` rows are figures
+# shown beside a claim (another model or setting), not the claim itself.
+Check = tuple[str, float | None, float, str, str, bool]
+
+
 def checks(r: dict) -> list[dict]:
     """Each ratio issues #10 and #6 ask for: {claim, value, target, met} (met None: not measured)."""
-    out: list[dict] = []
-
-    def add(
-        claim: str,
-        value: float | None,
-        target: float,
-        fmt: str,
-        ok: Callable[[float], bool],
-        info: bool = False,
-    ) -> None:
-        """`info`: a figure shown beside a claim (another model or setting), not the claim itself."""
-        out.append(
-            {
-                "claim": claim,
-                "value": None if value is None else format(value, fmt),
-                "target": target,
-                "raw": value,
-                "met": None if value is None else bool(ok(value)),
-                "info": info,
-            }
-        )
-
     eng = _get(r, "model", "engines", "batches") or {}
 
     def ratio(batch: str, a: str, b: str) -> float | None:
@@ -44,127 +25,140 @@ def checks(r: dict) -> list[dict]:
         return x / y if x and y else None
 
     preset = r.get("preset")
-    add(
-        f"onnxruntime fp32 / eager PyTorch pairs/s, {preset}, batch 1 (>= 1.3x)",
-        ratio("1", "onnxruntime_fp32", "eager_pytorch"),
-        1.3,
-        ".2f",
-        lambda v: v >= 1.3,
-    )
-    add(
-        f"onnxruntime fp32 / eager PyTorch pairs/s, {preset}, batch 8 (>= 1.0x)",
-        ratio("8", "onnxruntime_fp32", "eager_pytorch"),
-        1.0,
-        ".2f",
-        lambda v: v >= 1.0,
-    )
     ceiling = _get(r, "ceiling", "ceiling_gflops")
     trunk = _get(r, "model", "trunk_fp32", "batches") or {}
     # Each batch against the GEMM timed beside it when the run has that, else the run's ceiling.
     fractions = [v["gflops"] / (v.get("ceiling_gflops") or ceiling) for v in trunk.values() if ceiling]
-    best = max(fractions, default=None)
-    add(
-        "batched fp32 trunk throughput / matmul ceiling (>= 80%)",
-        best,
-        0.8,
-        ".0%",
-        lambda v: v >= 0.8,
-    )
-    add(
-        f"onnxruntime int8 / fp32 pairs/s, {preset}, batch 8 (>= 1.6x)",
-        ratio("8", "onnxruntime_int8", "onnxruntime_fp32"),
-        1.6,
-        ".2f",
-        lambda v: v >= 1.6,
-    )
-    acc = r.get("accuracy")
-    delta = _get(acc, "max_abs_delta", "int8")
-    add(
-        "int8 metric as served (one request per call, padded as needed), every task, "
-        "max abs(int8 - PyTorch), points (demo, #10: <= 0.5)",
-        _get(acc, "max_abs_delta", "int8_served"),
-        0.5,
-        ".2f",
-        lambda v: v <= 0.5,
-    )
-    add(
-        "the same in batches of 32 padded to the task maximum (the export gate's shapes)",
-        delta,
-        0.5,
-        ".2f",
-        lambda v: v <= 0.5,
-        info=True,
-    )
-    add(
-        "int8 metric in batches of 32 (the export gate), max abs(int8 - PyTorch), points (demo, #6: <= 1)",
-        delta,
-        1.0,
-        ".2f",
-        lambda v: v <= 1.0,
-    )
-    add(
-        "fp32 metric, every task, max abs(fp32 - PyTorch), points (#6: unchanged)",
-        _get(acc, "max_abs_delta", "onnxruntime_fp32"),
-        0.0,
-        ".4f",
-        lambda v: v <= 1e-6,
-    )
-    add(
-        "served answers/s under load (4 clients), padded as needed / padded to task max, demo (>= 1.5x)",
-        _get(r, "serving", "padding_under_load", "ratio"),
-        1.5,
-        ".2f",
-        lambda v: v >= 1.5,
-    )
-    add(
-        "the same at concurrency 1 (1 / latency; fixed HTTP cost per request dilutes it)",
-        _get(r, "serving", "padding", "ratio"),
-        1.5,
-        ".2f",
-        lambda v: v >= 1.5,
-        info=True,
-    )
-    add(
-        "gateway + Triton latency over in-process onnxruntime graphs, base model, concurrency 1 (<= 10%)",
-        _get(r, "serving_base", "triton_over_in_process_graphs"),
-        0.10,
-        "+.1%",
-        lambda v: v <= 0.10,
-    )
-    add(
-        "the same on the demo model (5 ms graphs: Triton's fixed per-call cost dominates)",
-        _get(r, "serving", "overhead", "triton_over_in_process_graphs"),
-        0.10,
-        "+.1%",
-        lambda v: v <= 0.10,
-        info=True,
-    )
-    add(
-        "the same on the demo model over the in-process service (same code, no HTTP)",
-        _get(r, "serving", "overhead", "triton_over_in_process_service"),
-        0.10,
-        "+.1%",
-        lambda v: v <= 0.10,
-        info=True,
-    )
+    delta = _get(r, "accuracy", "max_abs_delta", "int8")
+    cold_base, cold_demo = _get(r, "serving_base", "cold_vs_cached"), _get(r, "serving", "cold_vs_cached")
+    rows: list[Check] = [
+        (
+            f"onnxruntime fp32 / eager PyTorch pairs/s, {preset}, batch 1 (>= 1.3x)",
+            ratio("1", "onnxruntime_fp32", "eager_pytorch"),
+            1.3,
+            ".2f",
+            ">=",
+            False,
+        ),
+        (
+            f"onnxruntime fp32 / eager PyTorch pairs/s, {preset}, batch 8 (>= 1.0x)",
+            ratio("8", "onnxruntime_fp32", "eager_pytorch"),
+            1.0,
+            ".2f",
+            ">=",
+            False,
+        ),
+        (
+            "batched fp32 trunk throughput / matmul ceiling (>= 80%)",
+            max(fractions, default=None),
+            0.8,
+            ".0%",
+            ">=",
+            False,
+        ),
+        (
+            f"onnxruntime int8 / fp32 pairs/s, {preset}, batch 8 (>= 1.6x)",
+            ratio("8", "onnxruntime_int8", "onnxruntime_fp32"),
+            1.6,
+            ".2f",
+            ">=",
+            False,
+        ),
+        (
+            "int8 metric as served (one request per call, padded as needed), every task, "
+            "max abs(int8 - PyTorch), points (demo, #10: <= 0.5)",
+            _get(r, "accuracy", "max_abs_delta", "int8_served"),
+            0.5,
+            ".2f",
+            "<=",
+            False,
+        ),
+        (
+            "the same in batches of 32 padded to the task maximum (the export gate's shapes)",
+            delta,
+            0.5,
+            ".2f",
+            "<=",
+            True,
+        ),
+        (
+            "int8 metric in batches of 32 (the export gate), max abs(int8 - PyTorch), points "
+            "(demo, #6: <= 1)",
+            delta,
+            1.0,
+            ".2f",
+            "<=",
+            False,
+        ),
+        (
+            "fp32 metric, every task, max abs(fp32 - PyTorch), points (#6: unchanged)",
+            _get(r, "accuracy", "max_abs_delta", "onnxruntime_fp32"),
+            1e-6,
+            ".4f",
+            "<=",
+            False,
+        ),
+        (
+            "served answers/s under load (4 clients), padded as needed / padded to task max, demo (>= 1.5x)",
+            _get(r, "serving", "padding_under_load", "ratio"),
+            1.5,
+            ".2f",
+            ">=",
+            False,
+        ),
+        (
+            "the same at concurrency 1 (1 / latency; fixed HTTP cost per request dilutes it)",
+            _get(r, "serving", "padding", "ratio"),
+            1.5,
+            ".2f",
+            ">=",
+            True,
+        ),
+        (
+            "gateway + Triton latency over in-process onnxruntime graphs, base model, concurrency 1 (<= 10%)",
+            _get(r, "serving_base", "triton_over_in_process_graphs"),
+            0.10,
+            "+.1%",
+            "<=",
+            False,
+        ),
+        (
+            "the same on the demo model (5 ms graphs: Triton's fixed per-call cost dominates)",
+            _get(r, "serving", "overhead", "triton_over_in_process_graphs"),
+            0.10,
+            "+.1%",
+            "<=",
+            True,
+        ),
+        (
+            "the same on the demo model over the in-process service (same code, no HTTP)",
+            _get(r, "serving", "overhead", "triton_over_in_process_service"),
+            0.10,
+            "+.1%",
+            "<=",
+            True,
+        ),
+    ]
     for how, key in (("sent again (same bytes)", "bytes"), ("by its image_id", "id")):
-        add(
+        claim = (
             f"question about a new image / an already-seen image {how}, base model + the 12-in-1 "
-            "detector's architecture, gateway + Triton (>= 10x)",
-            _get(r, "serving_base", "cold_vs_cached", f"ratio_cold_over_cached_{key}"),
-            10.0,
-            ".1f",
-            lambda v: v >= 10,
+            "detector's architecture, gateway + Triton (>= 10x)"
         )
+        rows.append((claim, _get(cold_base, f"ratio_cold_over_cached_{key}"), 10.0, ".1f", ">=", False))
     for how, key in (("same bytes", "bytes"), ("image_id", "id")):
-        add(
-            f"the same on the demo model with its small synthetic detector ({how})",
-            _get(r, "serving", "cold_vs_cached", f"ratio_cold_over_cached_{key}"),
-            10.0,
-            ".1f",
-            lambda v: v >= 10,
-            info=True,
-        )
+        claim = f"the same on the demo model with its small synthetic detector ({how})"
+        rows.append((claim, _get(cold_demo, f"ratio_cold_over_cached_{key}"), 10.0, ".1f", ">=", True))
+    out = [
+        {
+            "claim": claim,
+            "value": None if value is None else format(value, fmt),
+            "target": target,
+            "raw": value,
+            "met": None if value is None else bool(value >= target if way == ">=" else value <= target),
+            "info": info,
+        }
+        for claim, value, target, fmt, way, info in rows
+    ]
     gpu = r.get("gpu")
     value = "not run" if gpu is None else gpu.get("skipped", "measured")
     out.append(
