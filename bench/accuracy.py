@@ -27,6 +27,7 @@ def metric_table(
     threads: int,
     retrieval_variants: tuple[str, ...] | None = None,
     served_variants: tuple[str, ...] = (),
+    split: str | None = None,
     log=print,
 ) -> dict:
     """{"tasks": [{task, metric, split, examples, pytorch, <variant>: score, ...}], "max_abs_delta": ...}.
@@ -53,7 +54,7 @@ def metric_table(
         n = retrieval_captions if task.head is Head.MATCH else max_examples
         if n == 0:
             continue
-        data = metric_dataset(task, data_root, n, model.config)
+        data = metric_dataset(task, data_root, n, model.config, split)
         t0 = time.perf_counter()
         ref = task_metric(model, task, data, n)
         row = {

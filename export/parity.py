@@ -172,8 +172,11 @@ class MetricData:
     note: str = ""
 
 
-def metric_dataset(task: Task, root: Path, max_examples: int, cfg: ViLBERTConfig) -> MetricData:
-    """The test split, or the validation split where the test split is missing or unlabelled.
+def metric_dataset(
+    task: Task, root: Path, max_examples: int, cfg: ViLBERTConfig, split: str | None = None
+) -> MetricData:
+    """The test split, or the validation split where the test split is missing or unlabelled
+    (`split="val"`: the task's validation split, e.g. VQA's minval).
 
     Answer targets are as wide as the model's answer heads (a base model's 3129 / 1533 answers on a
     synthetic world with a few dozen), as training's loaders do for the model they feed.
@@ -192,6 +195,8 @@ def metric_dataset(task: Task, root: Path, max_examples: int, cfg: ViLBERTConfig
     def build(split: str):
         return build_dataset(task, root, split, config=config, tokenizer=tokenizer)
 
+    if split is not None:
+        return MetricData(build(names[split]), names[split])
     if not names["test"]:
         return MetricData(build(names["val"]), names["val"], "no test split: validation split used")
     test = build(names["test"])
