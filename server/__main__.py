@@ -29,7 +29,8 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--triton-url", help="Triton HTTP host:port")
     p.add_argument("--detector-weights", help="regions detector .safetensors (preset JSON beside it)")
     p.add_argument("--cache-dir", help="LMDB directory for the region-feature cache")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="intra-op threads of each model call (onnxruntime / torch)")
+    p.add_argument("--workers", type=int, help="requests running model code at once")
     args = p.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     return Settings(**overrides)

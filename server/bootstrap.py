@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,12 +138,28 @@ def _record_timing(title: str, seconds: float) -> None:
     path.write_text(json.dumps(rows, indent=2))
 
 
+def concurrency_flags(backend: str, environ: Mapping[str, str] = os.environ) -> list[str]:
+    """How many requests run model code at once, and with how many threads each, for the demo model.
+
+    Measured on this 2-core machine (4 clients, closed loop, /vqa with cached images): the local
+    gateway answered 158 answers/s with 1 thread x 2 workers against 107 with the 1 x 1 defaults and
+    116 with 2 threads x 1 worker, at the same single-request latency (11.6 ms); the Triton gateway
+    115 answers/s with 4 workers against 76 with 1 (Triton's model instances do the computing, and
+    only concurrent calls let its dynamic batcher combine them).  TWELVE_WORKERS / TWELVE_THREADS
+    in the environment win."""
+    workers = 4 if backend == "triton" else max(1, os.cpu_count() or 1)
+    flags = [] if "TWELVE_WORKERS" in environ else ["--workers", str(workers)]
+    if backend != "triton" and "TWELVE_THREADS" not in environ:
+        flags += ["--threads", "1"]
+    return flags
+
+
 def serve(p: Paths, backend: str, host: str, port: int) -> None:
     from server.__main__ import main as gateway
 
     args = ["--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint)]
     args += ["--detector-weights", str(p.detector), "--cache-dir", str(p.cache)]
-    args += ["--model-repository", str(p.repository)]
+    args += ["--model-repository", str(p.repository), *concurrency_flags(backend)]
     n = len(steps(p)) + 1
     print(f"[{n}/{n}] serving with the {backend} backend", flush=True)
 

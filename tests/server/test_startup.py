@@ -81,6 +81,17 @@ def test_bootstrap_skips_finished_steps(tmp_path, monkeypatch, capsys):
     assert len(calls) == 1 and calls[0][1:3] == ["-m", "export"]
 
 
+def test_make_serve_runs_model_calls_concurrently(monkeypatch):
+    """The gateway `make serve` starts: workers x threads as measured (bootstrap.concurrency_flags)."""
+    monkeypatch.setattr(bootstrap.os, "cpu_count", lambda: 2)
+    local = parse_settings(bootstrap.concurrency_flags("local", {}))
+    assert (local.workers, local.threads) == (2, 1)
+    assert parse_settings(bootstrap.concurrency_flags("triton", {})).workers == 4
+    assert bootstrap.concurrency_flags("local", {"TWELVE_WORKERS": "3", "TWELVE_THREADS": "2"}) == []
+    monkeypatch.setenv("TWELVE_WORKERS", "3")
+    assert parse_settings(bootstrap.concurrency_flags("triton")).workers == 3  # the environment wins
+
+
 def test_bootstrap_stops_on_failure(tmp_path, monkeypatch):
     p = bootstrap.Paths(
         world=tmp_path / "w", detector=tmp_path / "d", checkpoint=tmp_path / "c", repository=tmp_path / "r"
