@@ -68,7 +68,7 @@ def metric_table(
             skip = (
                 task.head is Head.MATCH and retrieval_variants is not None and label not in retrieval_variants
             )
-            batch = 1 if isinstance(onnx_model, ServedShapesModel) else 32
+            batch = onnx_model.batch_size
             row[label] = None if skip else task_metric(onnx_model, task, data, n, batch_size=batch)["score"]
         rows.append(row)
         log(

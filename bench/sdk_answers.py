@@ -34,7 +34,7 @@ def soft_score(entry, dataset, answer: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from clients.sdk import Client
-    from training.datasets import build_dataset
+    from training.datasets import build_dataset, split_names
 
     ap = argparse.ArgumentParser(prog="python -m bench.sdk_answers", description=__doc__.splitlines()[0])
     ap.add_argument("--url", default="http://127.0.0.1:8000")
@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--questions", type=int, default=100)
     args = ap.parse_args(argv)
 
-    held_out = build_dataset("vqa", args.data, "minval")
-    train = build_dataset("vqa", args.data, "trainval")
+    splits = split_names("vqa")  # held out: the validation split (minval), which training leaves out
+    held_out = build_dataset("vqa", args.data, splits["val"])
+    train = build_dataset("vqa", args.data, splits["train"])
     common = Counter(train.answer(e.labels[e.scores.index(max(e.scores))]) for e in train.entries if e.labels)
     majority = common.most_common(1)[0][0]
     files = image_files(args.data)

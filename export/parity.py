@@ -125,14 +125,15 @@ class OnnxModel:
     """Stands in for `MultiTaskViLBERT` where training code calls `model.trunk(...)` / `model.heads.*`,
     so the metric is computed by exactly the code that evaluates the PyTorch model."""
 
+    batch_size = 32  # examples per call when a metric is computed through it (`task_metric`)
+
     def __init__(self, graphs: OnnxGraphs) -> None:
         self.graphs = graphs
         self.heads = _OnnxHeads(graphs)
         self.training = False
 
     def trunk(self, **inputs: Tensor) -> SimpleNamespace:
-        out = self.graphs.trunk({k: v.numpy() for k, v in inputs.items()})
-        return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in out.items()})
+        return _as_tensors(self.graphs.trunk({k: v.numpy() for k, v in inputs.items()}))
 
     def eval(self) -> OnnxModel:
         return self
@@ -149,6 +150,8 @@ class ServedShapesModel(OnnxModel):
     dataset pads to.  Dynamic int8 quantizes activations with one scale per tensor, so the padded rows
     and the other examples of a batch change its answers; fp32 does not care."""
 
+    batch_size = 1
+
     def trunk(self, **inputs: Tensor) -> SimpleNamespace:
         text = int(inputs["attention_mask"].sum(1).max())
         regions = int(inputs["region_mask"].sum(1).max())
@@ -160,7 +163,12 @@ class ServedShapesModel(OnnxModel):
         out = self.graphs.trunk(feeds)
         states = out[REGION_STATES]  # back to the dataset's width: the heads read it with its mask
         out[REGION_STATES] = np.pad(states, [(0, 0), (0, width - states.shape[1]), (0, 0)])
-        return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in out.items()})
+        return _as_tensors(out)
+
+
+def _as_tensors(outputs: Mapping[str, np.ndarray]) -> SimpleNamespace:
+    """Trunk outputs as the attributes `MultiTaskViLBERT.trunk` returns."""
+    return SimpleNamespace(**{k: torch.from_numpy(v) for k, v in outputs.items()})
 
 
 @dataclass
@@ -207,7 +215,7 @@ def metric_dataset(
 
 
 def task_metric(
-    model, task: Task, data: MetricData, max_examples: int, batch_size: int = 32
+    model, task: Task, data: MetricData, max_examples: int, batch_size: int = OnnxModel.batch_size
 ) -> dict[str, float]:
     from training.evaluation import evaluate_task
 
