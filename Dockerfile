@@ -35,6 +35,6 @@ ENV CHECKPOINT=runs/demo/checkpoint \
 CMD ["bash", "-c", "set -e; \
   test -f \"$REPOSITORY/export.json\" || .venv/bin/python -m export --checkpoint \"$CHECKPOINT\" \
      --out \"$REPOSITORY\" --backend \"$TRITON_BACKEND\" --precision \"$PRECISION\" --skip-metric; \
-  .venv/bin/python -m server.triton --repository \"$REPOSITORY\" \
+  .venv/bin/python -m export.triton_server --repository \"$REPOSITORY\" \
      --tritonserver /opt/tritonserver/bin/tritonserver --backend-directory /opt/tritonserver/backends & \
   exec .venv/bin/python -m server --backend triton --host 0.0.0.0 --port 8080"]

@@ -58,7 +58,7 @@ audit: $(STAMP)
 # Builds the demo model on first start (synthetic world -> detector -> features -> training ->
 # export), then starts Triton and the gateway on 127.0.0.1:8000.  TWELVE_BACKEND=local skips Triton.
 serve: $(STAMP)
-	$(PY) -m server.bootstrap
+	$(PY) -m bootstrap
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build artifacts

@@ -266,7 +266,7 @@ def section_int8_study(args) -> dict:
     from bench.model_speed import ort_session, trunk_feeds
     from bench.timing import interleaved
     from export.quantize import QuantizeOptions
-    from export.spec import FUSED
+    from vilbert.contract import FUSED
 
     options = {label: QuantizeOptions(**kwargs) for label, kwargs in STUDY.items()}
     demo = bench_graphs("demo-trained", args.checkpoint, log=log)

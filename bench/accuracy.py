@@ -39,8 +39,8 @@ def metric_table(
 
     from export.parity import OnnxModel, ServedShapesModel, metric_dataset, task_metric
     from export.runtime import OnnxGraphs
-    from export.spec import build_spec
     from vilbert.checkpoint import load_checkpoint
+    from vilbert.contract import build_spec
 
     torch.set_num_threads(threads)
     model = load_checkpoint(checkpoint).model.eval()

@@ -9,6 +9,7 @@ is spliced in after [CLS]); the vision stream over R regions (global row include
 from __future__ import annotations
 
 from vilbert.config import ViLBERTConfig
+from vilbert.contract import HEAD_IO, head_in_features, head_out_features
 from vilbert.tasks import Head
 
 
@@ -51,22 +52,15 @@ def trunk_flops(cfg: ViLBERTConfig, text_tokens: int, regions: int) -> int:
 
 
 def head_flops(cfg: ViLBERTConfig, head: Head, regions: int = 1) -> int:
-    """FLOPs of one head for one row (pair: for one two-image example)."""
-    bi, hidden = cfg.bi_hidden_size, cfg.classifier_hidden_mult * cfg.bi_hidden_size
-    match head:
-        case Head.ANSWER:
-            return _linear(1, bi, hidden) + _linear(1, hidden, cfg.num_answers)
-        case Head.ANSWER_GQA:
-            return _linear(1, bi, hidden) + _linear(1, hidden, cfg.num_answers_gqa)
-        case Head.PAIR:
-            return _linear(1, 2 * bi, hidden) + _linear(1, hidden, 2)
-        case Head.REGION:
-            return _linear(regions, cfg.v_hidden_size, 1)
-        case Head.MATCH:
-            return _linear(1, bi, 1)
-        case Head.TRIPLE:
-            return _linear(1, bi, 3)
-    raise ValueError(head)
+    """FLOPs of one head for one row (pair: for one two-image example), from its declared I/O
+    (`vilbert.contract.HEAD_IO`): input and output widths, one Linear or the two of an MLP."""
+    io = HEAD_IO[head]
+    rows = regions if io.per_region else 1
+    width, out = head_in_features(head, cfg), head_out_features(head, cfg)
+    if io.mlp:
+        hidden = cfg.classifier_hidden_mult * cfg.bi_hidden_size
+        return _linear(rows, width, hidden) + _linear(rows, hidden, out)
+    return _linear(rows, width, out)
 
 
 def forward_flops(cfg: ViLBERTConfig, head: Head, text_tokens: int, regions: int) -> int:

@@ -1,7 +1,7 @@
 """The gateway in a child process, over the tiny test model with a fixed added model latency.
 
 `python -m bench.gateway_proc --checkpoint DIR --port N [--delay S --workers W --max-queue Q]` serves
-the tiny checkpoint (tests/server/fixtures.py: torch backend, random-weight tiny detector) exactly as
+the tiny checkpoint (testkit/tiny_gateway.py: torch backend, random-weight tiny detector) exactly as
 `python -m server` serves a real one (`server.__main__.serve`: graceful SIGTERM), with `--delay`
 seconds added to every graph call to stand in for a real model's latency.  `sigterm_drain` starts
 one, puts requests in flight, sends SIGTERM and reports what happened to each of them.
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     from server.__main__ import serve
     from server.app import create_app
     from server.loading import Components
-    from tests.server.fixtures import tiny_components, tiny_settings
+    from testkit.tiny_gateway import tiny_components, tiny_settings
 
     torch.set_num_threads(1)
     parts = tiny_components(args.checkpoint)

@@ -18,8 +18,8 @@ import numpy as np
 
 from bench.flops import forward_flops, trunk_flops
 from bench.timing import interleaved
-from export.spec import FUSED, LOGITS, TRUNK_INPUTS
 from vilbert.config import ViLBERTConfig
+from vilbert.contract import FUSED, LOGITS, REGION_MASK, TRUNK_INPUTS
 from vilbert.tasks import Head, task_for_dataset
 
 TEXT_TOKENS = 23
@@ -72,8 +72,9 @@ def torch_forward(model, threads: int) -> Callable[[dict], np.ndarray]:
     def run(feeds: dict) -> np.ndarray:
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            out = model.trunk(*(torch.from_numpy(feeds[n]) for n in TRUNK_INPUTS))
-            return model.heads.fused_logits(Head.ANSWER, out.fused).numpy()
+            inputs = [torch.from_numpy(feeds[n]) for n in TRUNK_INPUTS]
+            out = model.trunk(*inputs)
+            return model.head_logits(Head.ANSWER, out, inputs[TRUNK_INPUTS.index(REGION_MASK)]).numpy()
 
     return run
 

@@ -1,7 +1,7 @@
 """`python -m bench.reliability [--quick]`: measure the gateway's reliability and regenerate
 docs/reliability.md with the numbers (issue #8).
 
-What it runs, each on the tiny test model (tests/server/fixtures.py) so it needs no trained model:
+What it runs, each on the tiny test model (testkit/tiny_gateway.py) so it needs no trained model:
 
 1. concurrency held and overload: the gateway in a child process (`bench.gateway_proc`, a fixed
    added model latency, queue bound Q = N*), closed-loop load at N*, 2N* and 4N*; the accounting
@@ -110,8 +110,9 @@ def triton_faults(checkpoint: Path, work: Path) -> dict:
 
     from bench.triton_faults import run_faults
     from export.pipeline import ExportOptions, run_export
-    from regions.detector import RegionExtractor, build_detector
-    from tests.server.fixtures import tiny_detector_preset
+    from regions.detector import build_detector
+    from regions.extractor import RegionExtractor
+    from testkit.tiny_gateway import tiny_detector_preset
 
     repo = work / "model_repository"
     started = time.monotonic()
@@ -142,7 +143,7 @@ def fuzz_and_bad_inputs(checkpoint: Path, work: Path, max_examples: int) -> dict
     from bench.load import served
     from bench.schema_fuzz import fuzz
     from server.app import create_app
-    from tests.server.fixtures import scene_png, tiny_components, tiny_settings
+    from testkit.tiny_gateway import scene_png, tiny_components, tiny_settings
 
     settings = tiny_settings(work, checkpoint)  # with the on-disk (LMDB) region cache
     app = create_app(settings, tiny_components(checkpoint))
@@ -216,7 +217,7 @@ def training(work: Path, writer_trials: int, cli_trials: int) -> dict:
     writer = checkpoint_kill_trials(work / "writer", trials=writer_trials, seed=1)
     out = {"writer": {**dataclasses.asdict(writer), "ok": writer.ok, "seconds": time.monotonic() - started}}
     if cli_trials:
-        from tests.training.fixtures import FIXTURE_CONFIG, build_reference_fixture
+        from testkit.reference_datasets import FIXTURE_CONFIG, build_reference_fixture
 
         root = build_reference_fixture(work / "reference")
         (root / "datasets" / "loader_config.json").write_text(_json.dumps(FIXTURE_CONFIG))
@@ -277,7 +278,7 @@ def render(r: dict) -> str:
         f"{m['python-multipart']}",
         f"- tritonserver from nvidia-pytriton {m['nvidia-pytriton']} (tritonclient {m['tritonclient']}); "
         f"schemathesis {m['schemathesis']} (hypothesis {m['hypothesis']})",
-        "- Model: the tiny test model (tests/server/fixtures.py: hidden 32, random weights, random tiny",
+        "- Model: the tiny test model (testkit/tiny_gateway.py: hidden 32, random weights, random tiny",
         "  detector), so the numbers are about the gateway's behaviour, not model speed.",
         "",
     ]
@@ -518,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from tests.server.fixtures import build_tiny_checkpoint
+    from testkit.tiny_gateway import build_tiny_checkpoint
 
     started = time.monotonic()
     results: dict = {"quick": args.quick, "machine": machine_info()}

@@ -7,7 +7,7 @@ vocabularies, the synthetic detector):
 * ``local_padded``: the same with ``TWELVE_PAD_TO_TASK_MAX=1`` (every request padded to its task's
   maximum text length and region count, as the reference code pads);
 * ``triton``: `python -m server --backend triton` in front of the bundled tritonserver
-  (`server.triton.TritonServer`, python-backend models running onnxruntime);
+  (`export.triton_server.TritonServer`, python-backend models running onnxruntime);
 * ``in_process``: the same `Service` code with an `OnnxBackend`, called directly in this process (no
   HTTP, no second process): what the serving layers add is measured against it.
 
@@ -338,7 +338,7 @@ class InProcess:
 
     def graphs_only(self, body: dict) -> float:
         """Just the two graph calls of the same request (inputs prepared beforehand)."""
-        from export.spec import FUSED, TRUNK
+        from vilbert.contract import FUSED, TRUNK
         from vilbert.tasks import task_for_dataset
 
         svc = self.service
@@ -381,7 +381,7 @@ def input_sizes(inproc: InProcess, bodies: list[dict]) -> dict:
 
 
 def run(model: ServedModel, work: Path, *, quick: bool, threads: int, log=print) -> dict:
-    from server.triton import TritonServer
+    from export.triton_server import TritonServer
 
     n_images = 8 if quick else 30
     n_cold = 4 if quick else 12
@@ -554,8 +554,9 @@ def base_detector(root: Path) -> Path:
     pays what it pays with the released detectron_model.pth loaded (`regions.maskrcnn_import`)."""
     import torch
 
-    from regions.detector import build_detector, save_detector
+    from regions.detector import build_detector
     from regions.presets import VG_X152_FPN
+    from regions.weights import save_detector
 
     path = root / "detector-x152" / "detector.safetensors"
     if path.is_file():
@@ -570,8 +571,8 @@ def base_repository(graphs, root: Path) -> Path:
     import dataclasses
 
     from export.repository import write_repository
-    from export.spec import build_spec
     from export.triton_config import Deployment
+    from vilbert.contract import build_spec
 
     out = root / "model_repository"
     if (out / "export.json").is_file():
@@ -591,7 +592,7 @@ def base_overhead(
     """Gateway + Triton vs in-process onnxruntime on the `base` model at the official input size
     (100 detector boxes + the global row), concurrency 1, side by side; then questions about new
     images vs the same images again, with the official detector architecture (`base_detector`)."""
-    from server.triton import TritonServer
+    from export.triton_server import TritonServer
 
     detector = base_detector(root)
     model = ServedModel(base_repository(graphs, root), graphs.checkpoint, detector, data_root)

@@ -157,7 +157,7 @@ def run_faults(
 
     `extractor` (a regions RegionExtractor) must give the region-feature size the checkpoint expects.
     """
-    from server.triton import TritonServer, free_port
+    from export.triton_server import TritonServer, free_port
 
     ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
     body = {"image": {"base64": base64.b64encode(_png()).decode()}, "question": "what colour is it?"}

@@ -1,92 +1,189 @@
 r"""Command line for the gateway: ``python -m clients vqa IMAGE "question"`` and friends.
 
+Every command takes its images first and its text last:
+
     python -m clients vqa scene.png "what colour is the circle?" --dataset gqa
     python -m clients ground scene.png "the large red square"
     python -m clients ground scene.png "which one is red?" --dataset visual7w \
         --candidate 10,10,50,50 --candidate 60,5,90,40
-    python -m clients retrieve "a blue circle" a.png b.png c.png
-    python -m clients verify "there are two squares" left.png right.png
+    python -m clients retrieve a.png b.png c.png "a blue circle"
+    python -m clients retrieve --gallery shapes "a blue circle"
+    python -m clients verify left.png right.png "there are two squares"
     python -m clients tasks
 
+`--dataset` takes the server's names (``python -m clients tasks`` lists them, `*` marks each endpoint's
+default); without it the server's default applies (`verify`: its task for that many images).
 `--url` (or TWELVE_URL) picks the server, `--api-key` (or TWELVE_API_KEY) the key; `--json` prints the
-raw answer.  Exit status 1 on an API error, with the server's message on stderr.
+raw answer.  A user error (a missing image, a server that does not answer, an unknown dataset, an
+API error) is one line on stderr and exit status 1; a malformed command line is one line and status 2.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import NoReturn
 
-from clients.sdk import DEFAULT_URL, APIError, Client
-from vilbert.tasks import Endpoint, tasks_for_endpoint
+import httpx
+
+from clients.sdk import DEFAULT_URL, APIError, Client, endpoint_datasets
+
+# The order of each command's arguments, quoted when a user gives the text where an image belongs.
+USAGE = {
+    "vqa": "vqa IMAGE QUESTION",
+    "ground": "ground IMAGE [EXPRESSION]",
+    "retrieve": "retrieve IMAGE [IMAGE ...] CAPTION  (or: retrieve --gallery NAME CAPTION)",
+    "verify": "verify IMAGE [IMAGE2] STATEMENT",
+    "upload": "upload IMAGE",
+    "gallery": "gallery NAME IMAGE [IMAGE ...]",
+}
+TEXT_ARGUMENT = {"vqa": "question", "ground": "expression", "retrieve": "caption", "verify": "statement"}
 
 
-def _datasets(endpoint: Endpoint) -> list[str]:
-    """`--dataset` choices of a command, from the task table (standard library only, no torch)."""
-    return [t.dataset for t in tasks_for_endpoint(endpoint)]
+class UserError(Exception):
+    """A mistake on the command line, reported as one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (usage goes to --help, not above every mistake)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+SCRIPT = "twelve-in-one"  # the command `pip install ./clients` puts on PATH (clients/pyproject.toml)
+
+
+def _prog() -> str:
+    """How the user called us: the installed script, else ``python -m clients``."""
+    return SCRIPT if sys.argv and Path(sys.argv[0]).name == SCRIPT else "python -m clients"
 
 
 def _box(text: str) -> tuple[float, float, float, float]:
-    parts = [float(v) for v in text.split(",")]
+    try:
+        parts = [float(v) for v in text.split(",")]
+    except ValueError:
+        parts = []
     if len(parts) != 4:
         raise argparse.ArgumentTypeError(f"a box is xmin,ymin,xmax,ymax, got {text!r}")
     return (parts[0], parts[1], parts[2], parts[3])
 
 
+def _dataset_option(p: argparse.ArgumentParser, endpoint: str) -> None:
+    p.add_argument(
+        "--dataset",
+        help=f"one of the server's /{endpoint} datasets (`tasks` lists them); default: the server's",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m clients", description="twelve-in-one API client")
-    p.add_argument("--url", default=os.environ.get("TWELVE_URL", DEFAULT_URL))
+    p = Parser(prog=_prog(), description="twelve-in-one API client (images first, text last)")
+    p.add_argument("--url", default=os.environ.get("TWELVE_URL", DEFAULT_URL), help="the gateway")
     p.add_argument("--api-key", default=os.environ.get("TWELVE_API_KEY"))
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
-    sub = p.add_subparsers(dest="command", required=True)
+    # The same options after the command (`vqa IMAGE Q --url U`); given there, they win.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help="the gateway (default: TWELVE_URL)")
+    common.add_argument("--api-key", default=argparse.SUPPRESS)
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="raw JSON answer")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add = functools.partial(sub.add_parser, parents=[common])
 
-    q = sub.add_parser("vqa", help="answer a question about an image")
-    q.add_argument("image")
-    q.add_argument("question")
-    q.add_argument("--dataset", default="vqa", choices=_datasets(Endpoint.VQA))
+    q = add("vqa", help="answer a question about an image")
+    q.add_argument("image", metavar="IMAGE")
+    q.add_argument("question", metavar="QUESTION")
+    _dataset_option(q, "vqa")
     q.add_argument("--top-k", type=int, default=5)
 
-    g = sub.add_parser("ground", help="find the region an expression refers to")
-    g.add_argument("image")
-    g.add_argument("expression", nargs="?")
-    g.add_argument(
-        "--dataset",
-        default="refcoco",
-        choices=_datasets(Endpoint.GROUND),
-    )
+    g = add("ground", help="find the region an expression refers to")
+    g.add_argument("image", metavar="IMAGE")
+    g.add_argument("expression", nargs="?", metavar="EXPRESSION", help="not for guesswhat (--turn)")
+    _dataset_option(g, "ground")
     g.add_argument("--candidate", type=_box, action="append", help="xmin,ymin,xmax,ymax (repeatable)")
     g.add_argument(
         "--turn", nargs=2, action="append", metavar=("QUESTION", "ANSWER"), help="guesswhat dialog turn"
     )
     g.add_argument("--top-k", type=int, default=3)
 
-    r = sub.add_parser("retrieve", help="rank images by a caption")
-    r.add_argument("caption")
-    r.add_argument("images", nargs="*")
-    r.add_argument("--gallery")
-    r.add_argument("--dataset", default="coco", choices=_datasets(Endpoint.RETRIEVE))
+    r = add("retrieve", help="rank images (or a registered gallery) by a caption")
+    r.add_argument("images", nargs="*", metavar="IMAGE")
+    r.add_argument("caption", metavar="CAPTION")
+    r.add_argument("--gallery", help="search this registered gallery instead of IMAGE files")
+    _dataset_option(r, "retrieve")
     r.add_argument("--top-k", type=int, default=10)
     r.add_argument("--mode", choices=["two_stage", "exhaustive"], help="default: the server's")
     r.add_argument("--rerank-k", type=int, help="two_stage: candidates the trunk re-ranks")
 
-    v = sub.add_parser("verify", help="is a statement true of one (snli_ve) or two (nlvr2) images?")
-    v.add_argument("statement")
-    v.add_argument("images", nargs="+")
-    v.add_argument("--dataset", choices=_datasets(Endpoint.VERIFY))
+    v = add("verify", help="is a statement true of an image (or of a pair, with two)?")
+    v.add_argument("images", nargs="+", metavar="IMAGE")
+    v.add_argument("statement", metavar="STATEMENT")
+    _dataset_option(v, "verify")
 
-    u = sub.add_parser("upload", help="extract and cache an image's regions; prints its image_id")
-    u.add_argument("image")
+    u = add("upload", help="extract and cache an image's regions; prints its image_id")
+    u.add_argument("image", metavar="IMAGE")
 
-    gal = sub.add_parser("gallery", help="register a named gallery for retrieval")
-    gal.add_argument("name")
-    gal.add_argument("images", nargs="+")
+    gal = add("gallery", help="register a named gallery for retrieval")
+    gal.add_argument("name", metavar="NAME")
+    gal.add_argument("images", nargs="+", metavar="IMAGE")
 
-    sub.add_parser("tasks", help="list the twelve tasks")
+    add("tasks", help="list the twelve tasks (* marks each endpoint's default dataset)")
     return p
+
+
+def _image_args(args: argparse.Namespace) -> list[str]:
+    if args.command in ("vqa", "ground", "upload"):
+        return [args.image]
+    return list(getattr(args, "images", None) or [])
+
+
+def _is_file(arg: str | None, kind: str = "file") -> bool:
+    try:
+        return arg is not None and (Path(arg).is_file() if kind == "file" else Path(arg).is_dir())
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte: not a file
+        return False
+
+
+def _looks_like_text(arg: str) -> bool:
+    """A sentence, not a file name: words separated by spaces, or a question."""
+    return len(arg.split()) > 1 or arg.rstrip().endswith("?")
+
+
+def check_images(args: argparse.Namespace) -> None:
+    """Every image argument is an existing file; a sentence where an image belongs gets the order."""
+    text_name = TEXT_ARGUMENT.get(args.command)
+    text = getattr(args, text_name, None) if text_name else None
+    order = f"the order is images first, text last: {_prog()} {USAGE.get(args.command, '')}"
+    for arg in _image_args(args):
+        if _is_file(arg):
+            continue
+        if _looks_like_text(arg) or _is_file(text):
+            raise UserError(f"image file not found: {arg!r} looks like text; {order}")
+        what = "not an image file but a directory" if _is_file(arg, "dir") else "image file not found"
+        raise UserError(f"{what}: {arg}")
+    if _is_file(text):
+        raise UserError(f"the {text_name} {text!r} is a file; {order}")
+    if args.command == "retrieve" and not args.images and not args.gallery:
+        raise UserError(f"give IMAGE files or --gallery NAME to search: {_prog()} {USAGE['retrieve']}")
+    if args.command == "retrieve" and args.images and args.gallery:
+        raise UserError("give IMAGE files or --gallery NAME, not both")
+
+
+def check_dataset(args: argparse.Namespace, client: Client) -> None:
+    """A `--dataset` the server does not serve on this endpoint: say which ones it does."""
+    if getattr(args, "dataset", None) is None:
+        return
+    choices = endpoint_datasets(client.task_table(), args.command)
+    if args.dataset not in choices:
+        raise UserError(
+            f"unknown dataset {args.dataset!r} for {args.command}; the server at {client.url} offers: "
+            + ", ".join(choices)
+        )
 
 
 def run(args: argparse.Namespace, client: Client) -> object:
@@ -138,21 +235,45 @@ def render(result: object) -> str:
         case sdk.ImageInfo():
             return f"{result.image_id}  {result.width}x{result.height}  {len(result.boxes)} regions"
         case list():
-            return "\n".join(f"{t['endpoint']:>8}  {t['dataset']:<13} {t['title']}" for t in result)
+            return "\n".join(
+                f"{t['endpoint']:>8}  {t['dataset'] + ('*' if t.get('default') else ''):<13} {t['title']}"
+                for t in result
+            )
     return json.dumps(result, indent=2, default=str)
+
+
+def _one_line(exc: BaseException | str) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None, client: Client | None = None) -> int:
     args = build_parser().parse_args(argv)
     own = client is None
-    client = client or Client(args.url, api_key=args.api_key)
     try:
+        if own and not args.url.startswith(("http://", "https://")):
+            raise UserError(f"--url {args.url!r} is not an http:// or https:// address")
+        check_images(args)
+        client = client or Client(args.url, api_key=args.api_key)
+        check_dataset(args, client)
         result = run(args, client)
-    except (APIError, FileNotFoundError, ValueError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except APIError as exc:
+        if exc.status == 0:  # no answer at all
+            message = f"{_one_line(exc.message)} (is the gateway running? --url or TWELVE_URL names it)"
+        else:
+            message = _one_line(exc)
+        print(f"error: {message}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, TypeError, httpx.HTTPError, httpx.InvalidURL) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
     finally:
-        if own:
+        if own and client is not None:
             client.close()
     if args.json:
         print(

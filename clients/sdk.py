@@ -4,10 +4,13 @@
     with Client("http://127.0.0.1:8000") as c:
         print(c.vqa("scene.png", "what colour is the circle?").answers[0].answer)
 
-Images may be a path, raw bytes, a PIL image, or an `ImageId` returned by `upload_image`.  Requests
-that get 429 or 503 are retried, waiting as long as the server's ``Retry-After`` says (bounded).
-Errors raise `APIError` with the status, the server's message (it names the offending field) and the
-request id to quote in a bug report.
+Images may be a path, raw bytes, a PIL image, or an `ImageId` returned by `upload_image`.  A method
+called without `dataset` leaves the choice to the server (each endpoint's default, listed with the
+datasets by ``GET /tasks``); `verify` picks the server's task for the number of images.  The SDK
+needs httpx only: it knows no dataset names of its own.  Requests that get 429 or 503 are retried,
+waiting as long as the server's ``Retry-After`` says (bounded).  Errors raise `APIError` with the
+status, the server's message (it names the offending field) and the request id to quote in a bug
+report.
 """
 
 from __future__ import annotations
@@ -202,19 +205,24 @@ def _box(b: Box | Sequence[float]) -> dict[str, float]:
     return dict(zip(("xmin", "ymin", "xmax", "ymax"), map(float, x), strict=True))
 
 
-def vqa_body(image: ImageLike, question: str, dataset: str, top_k: int) -> dict:
-    return {"image": image_ref(image), "question": question, "dataset": dataset, "top_k": top_k}
+def _with_dataset(body: dict[str, Any], dataset: str | None) -> dict[str, Any]:
+    """No `dataset` field when none is given: the server applies its endpoint's default."""
+    return body if dataset is None else {**body, "dataset": dataset}
+
+
+def vqa_body(image: ImageLike, question: str, dataset: str | None, top_k: int) -> dict:
+    return _with_dataset({"image": image_ref(image), "question": question, "top_k": top_k}, dataset)
 
 
 def ground_body(
     image: ImageLike,
     expression: str | None,
-    dataset: str,
+    dataset: str | None,
     top_k: int,
     candidates: Iterable[Box | Sequence[float]] | None,
     dialog: Iterable[tuple[str, str]] | None,
 ) -> dict:
-    body: dict[str, Any] = {"image": image_ref(image), "dataset": dataset, "top_k": top_k}
+    body: dict[str, Any] = _with_dataset({"image": image_ref(image), "top_k": top_k}, dataset)
     if expression is not None:
         body["expression"] = expression
     if candidates is not None:
@@ -228,12 +236,12 @@ def retrieve_body(
     caption: str,
     images: Iterable[ImageLike] | None,
     gallery: str | None,
-    dataset: str,
+    dataset: str | None,
     top_k: int,
     mode: str | None = None,
     rerank_k: int | None = None,
 ) -> dict:
-    body: dict[str, Any] = {"caption": caption, "dataset": dataset, "top_k": top_k}
+    body: dict[str, Any] = _with_dataset({"caption": caption, "top_k": top_k}, dataset)
     if mode is not None:
         body["mode"] = mode
     if rerank_k is not None:
@@ -246,8 +254,33 @@ def retrieve_body(
 
 
 def verify_body(images: Sequence[ImageLike], statement: str, dataset: str | None) -> dict:
-    dataset = dataset or ("nlvr2" if len(images) == 2 else "snli_ve")
-    return {"images": [image_ref(i) for i in images], "statement": statement, "dataset": dataset}
+    return _with_dataset({"images": [image_ref(i) for i in images], "statement": statement}, dataset)
+
+
+# ------------------------------------------------------------------------------------ the server's tasks
+
+
+def endpoint_tasks(tasks: Iterable[dict], endpoint: str) -> list[dict]:
+    """Rows of the server's task table (``GET /tasks``) served by one endpoint, in table order."""
+    return [t for t in tasks if t.get("endpoint") == endpoint]
+
+
+def endpoint_datasets(tasks: Iterable[dict], endpoint: str) -> list[str]:
+    """The `dataset` values an endpoint of the server accepts."""
+    return [t["dataset"] for t in endpoint_tasks(tasks, endpoint)]
+
+
+def default_dataset(tasks: Iterable[dict], endpoint: str) -> str | None:
+    """The dataset the server gives a request to `endpoint` without a `dataset` field."""
+    return next((t["dataset"] for t in endpoint_tasks(tasks, endpoint) if t.get("default")), None)
+
+
+def verify_dataset(tasks: Iterable[dict], n_images: int) -> str | None:
+    """The verification dataset for `n_images` images: the server's default when it takes that many,
+    else the one that does (NLVR2 for a pair).  None (let the server decide and explain) otherwise."""
+    rows = [t for t in endpoint_tasks(tasks, "verify") if t.get("images_per_example", 1) == n_images]
+    rows.sort(key=lambda t: not t.get("default"))
+    return rows[0]["dataset"] if rows else None
 
 
 def raise_for(response: httpx.Response) -> None:
@@ -284,6 +317,7 @@ class _Base:
         self.timeout = timeout
         self.max_retries = max_retries
         self.max_retry_wait = max_retry_wait
+        self._task_table: list[dict] | None = None  # GET /tasks, read once when needed
 
 
 class Client(_Base):
@@ -331,14 +365,14 @@ class Client(_Base):
     def upload_image(self, image: ImageLike) -> ImageInfo:
         return _parse("image", self.request("POST", "/images", {"image": image_ref(image)}))
 
-    def vqa(self, image: ImageLike, question: str, dataset: str = "vqa", top_k: int = 5) -> VQAResult:
+    def vqa(self, image: ImageLike, question: str, dataset: str | None = None, top_k: int = 5) -> VQAResult:
         return _parse("vqa", self.request("POST", "/vqa", vqa_body(image, question, dataset, top_k)))
 
     def ground(
         self,
         image: ImageLike,
         expression: str | None = None,
-        dataset: str = "refcoco",
+        dataset: str | None = None,
         top_k: int = 3,
         candidates: Iterable[Box | Sequence[float]] | None = None,
         dialog: Iterable[tuple[str, str]] | None = None,
@@ -351,7 +385,7 @@ class Client(_Base):
         caption: str,
         images: Iterable[ImageLike] | None = None,
         gallery: str | None = None,
-        dataset: str = "coco",
+        dataset: str | None = None,
         top_k: int = 10,
         mode: str | None = None,
         rerank_k: int | None = None,
@@ -362,6 +396,9 @@ class Client(_Base):
         return _parse("retrieve", self.request("POST", "/retrieve", body))
 
     def verify(self, images: Sequence[ImageLike], statement: str, dataset: str | None = None) -> VerifyResult:
+        """`dataset` None: the server's task for this many images (snli_ve for one, nlvr2 for a pair)."""
+        if dataset is None:
+            dataset = verify_dataset(self.task_table(), len(images))
         return _parse("verify", self.request("POST", "/verify", verify_body(images, statement, dataset)))
 
     def put_gallery(self, name: str, images: Iterable[ImageLike]) -> GalleryInfo:
@@ -369,7 +406,13 @@ class Client(_Base):
         return _parse("gallery", self.request("PUT", f"/galleries/{name}", body))
 
     def tasks(self) -> list[dict]:
-        return self.request("GET", "/tasks")["tasks"]
+        """The server's task table: endpoint, `dataset` value and `default` flag of each task."""
+        self._task_table = self.request("GET", "/tasks")["tasks"]
+        return self._task_table
+
+    def task_table(self) -> list[dict]:
+        """`tasks()`, asked of the server once per client."""
+        return self._task_table if self._task_table is not None else self.tasks()
 
     def ready(self) -> bool:
         try:
@@ -423,14 +466,16 @@ class AsyncClient(_Base):
     async def upload_image(self, image: ImageLike) -> ImageInfo:
         return _parse("image", await self.request("POST", "/images", {"image": image_ref(image)}))
 
-    async def vqa(self, image: ImageLike, question: str, dataset: str = "vqa", top_k: int = 5) -> VQAResult:
+    async def vqa(
+        self, image: ImageLike, question: str, dataset: str | None = None, top_k: int = 5
+    ) -> VQAResult:
         return _parse("vqa", await self.request("POST", "/vqa", vqa_body(image, question, dataset, top_k)))
 
     async def ground(
         self,
         image: ImageLike,
         expression: str | None = None,
-        dataset: str = "refcoco",
+        dataset: str | None = None,
         top_k: int = 3,
         candidates: Iterable[Box | Sequence[float]] | None = None,
         dialog: Iterable[tuple[str, str]] | None = None,
@@ -443,7 +488,7 @@ class AsyncClient(_Base):
         caption: str,
         images: Iterable[ImageLike] | None = None,
         gallery: str | None = None,
-        dataset: str = "coco",
+        dataset: str | None = None,
         top_k: int = 10,
         mode: str | None = None,
         rerank_k: int | None = None,
@@ -456,6 +501,8 @@ class AsyncClient(_Base):
     async def verify(
         self, images: Sequence[ImageLike], statement: str, dataset: str | None = None
     ) -> VerifyResult:
+        if dataset is None:
+            dataset = verify_dataset(await self.task_table(), len(images))
         return _parse(
             "verify", await self.request("POST", "/verify", verify_body(images, statement, dataset))
         )
@@ -465,4 +512,8 @@ class AsyncClient(_Base):
         return _parse("gallery", await self.request("PUT", f"/galleries/{name}", body))
 
     async def tasks(self) -> list[dict]:
-        return (await self.request("GET", "/tasks"))["tasks"]
+        self._task_table = (await self.request("GET", "/tasks"))["tasks"]
+        return self._task_table
+
+    async def task_table(self) -> list[dict]:
+        return self._task_table if self._task_table is not None else await self.tasks()

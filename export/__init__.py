@@ -2,8 +2,9 @@
 
 Modules, in the order an export runs through them:
 
-- `export.spec`          names, dtypes, shapes and per-task routes, generated from the task table
-- `export.graphs`        the PyTorch module behind each graph; ONNX export, optimisation, int8, fp16
+- `vilbert.contract`     (the wire contract, beside the task table) names, dtypes, shapes, per-task
+                         routes and each head's I/O; `vilbert.graphs` the PyTorch module of each graph
+- `export.graphs`        the detector graphs' modules; ONNX export, optimisation, int8, fp16
 - `export.parity`        the parity gate (generated inputs + task metric), `export.runtime` runs graphs
 - `export.triton_config` config.pbtxt per model (python / onnxruntime / tensorrt renderings)
 - `export.repository`    the repository layout (+ `export.triton_model`, the python-backend model.py)

@@ -17,10 +17,11 @@ from pathlib import Path
 
 from export.quantize import DEFAULT_EXCLUDE, GROUPS, QuantizeOptions
 from export.triton_config import Backend, Deployment
+from vilbert.cli import ArgumentParser, run
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    p = ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (python -m training.fit)")
     p.add_argument("--out", type=Path, default=Path("model_repository"), help="repository to (re)write")
     p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32")
@@ -132,4 +133,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

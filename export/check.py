@@ -21,9 +21,9 @@ import tempfile
 from pathlib import Path
 
 from export.repository import TASKS_FILE, tasks_document
-from export.spec import ExportSpec, build_spec, detector_dims_from_preset
 from export.triton_config import Backend, Deployment, render_all
 from vilbert.config import tiny
+from vilbert.contract import ExportSpec, build_spec, detector_dims_from_preset
 
 GOLDEN_DIR = Path(__file__).resolve().parent.parent / "tests" / "export" / "golden"
 # A fixed vocabulary stands in for the one `regions.train` reads from its training annotations.

@@ -1,7 +1,8 @@
-"""PyTorch modules whose forward is exactly one exported graph, and the ONNX steps applied to them.
+"""The ONNX steps applied to the exported graphs' PyTorch modules, and the detector graphs' modules.
 
-Each wrapper takes and returns tensors in the order of its `GraphSpec` (export/spec.py), so ONNX
-input/output names come from the spec.  Steps, in order:
+The ViLBERT graphs' modules live in vilbert/graphs.py (the gateway's torch backend runs them too);
+the detector's are here.  Each takes and returns tensors in the order of its `GraphSpec`
+(vilbert/contract.py), so ONNX input/output names come from the contract.  Steps, in order:
 
 1. `export_onnx`: torch.onnx's dynamo exporter (torch.export) with the spec's symbolic axes;
    the TorchScript exporter is not used: it mistranslates the text embeddings of this model.
@@ -27,16 +28,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from export.spec import (
+from vilbert.contract import (
+    ATTENTION_MASK,
     BATCH,
     BOXES,
+    DETECTOR_BACKBONE,
     HEIGHT,
+    INPUT_IDS,
     MIN_TEXT_TOKENS,
-    PREFILTER_TEXT,
+    REGION_LOCATIONS,
+    REGION_MASK,
     REGIONS,
+    TASK_IDS,
     TEXT,
     TEXT_MASK,
-    TEXT_PREFIX,
     TOKENS,
     WIDTH,
     DetectorDims,
@@ -45,9 +50,8 @@ from export.spec import (
     GraphSpec,
     detector_dims_from_preset,
 )
+from vilbert.graphs import vilbert_graph_module
 from vilbert.heads import MultiTaskViLBERT
-from vilbert.modeling import TextPrefix
-from vilbert.tasks import Head
 
 OPSET = 18
 # Above this many bytes a graph's weights go to an external-data file beside it (protobuf's 2 GiB
@@ -55,117 +59,8 @@ OPSET = 18
 EXTERNAL_DATA_BYTES = 1_800_000_000
 
 # ---------------------------------------------------------------------------------------------
-# Graph modules
+# Graph modules (the ViLBERT graphs': vilbert/graphs.py)
 # ---------------------------------------------------------------------------------------------
-
-
-class TrunkGraph(nn.Module):
-    """trunk: the six trunk inputs -> (fused, region_states)."""
-
-    def __init__(self, model: MultiTaskViLBERT) -> None:
-        super().__init__()
-        self.trunk = model.trunk
-
-    def forward(
-        self,
-        input_ids: Tensor,
-        attention_mask: Tensor,
-        task_ids: Tensor,
-        region_features: Tensor,
-        region_locations: Tensor,
-        region_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        out = self.trunk(input_ids, attention_mask, task_ids, region_features, region_locations, region_mask)
-        return out.fused, out.region_states
-
-
-class TextPrefixGraph(nn.Module):
-    """text_prefix: input_ids, attention_mask, task_ids -> (text_states, text_mask)."""
-
-    def __init__(self, model: MultiTaskViLBERT) -> None:
-        super().__init__()
-        self.trunk = model.trunk
-
-    def forward(self, input_ids: Tensor, attention_mask: Tensor, task_ids: Tensor) -> tuple[Tensor, Tensor]:
-        prefix = self.trunk.encode_text_prefix(input_ids, attention_mask, task_ids)
-        return prefix.states, prefix.mask
-
-
-class JointGraph(nn.Module):
-    """joint: text_prefix's outputs + the three region inputs -> (fused, region_states), as `trunk`."""
-
-    def __init__(self, model: MultiTaskViLBERT) -> None:
-        super().__init__()
-        self.trunk = model.trunk
-
-    def forward(
-        self,
-        text_states: Tensor,
-        text_mask: Tensor,
-        region_features: Tensor,
-        region_locations: Tensor,
-        region_mask: Tensor,
-    ) -> tuple[Tensor, Tensor]:
-        prefix = TextPrefix(text_states, text_mask)
-        out = self.trunk.encode_joint(prefix, region_features, region_locations, region_mask)
-        return out.fused, out.region_states
-
-
-class PrefilterTextGraph(nn.Module):
-    """prefilter_text: text_states, text_mask -> caption_embedding (B, D)."""
-
-    def __init__(self, model: MultiTaskViLBERT) -> None:
-        super().__init__()
-        self.prefilter = model.require_prefilter()
-
-    def forward(self, text_states: Tensor, text_mask: Tensor) -> Tensor:
-        return self.prefilter.caption_embedding(text_states, text_mask)
-
-
-class PrefilterImageGraph(nn.Module):
-    """prefilter_image: region_features, region_locations, region_mask -> image_embedding (B, D)."""
-
-    def __init__(self, model: MultiTaskViLBERT) -> None:
-        super().__init__()
-        self.prefilter = model.require_prefilter()
-
-    def forward(self, region_features: Tensor, region_locations: Tensor, region_mask: Tensor) -> Tensor:
-        return self.prefilter.image_embedding(region_features, region_locations, region_mask)
-
-
-class FusedHeadGraph(nn.Module):
-    """answer / answer_gqa / match / triple: fused (B, H) -> logits (B, C); match keeps C = 1."""
-
-    def __init__(self, model: MultiTaskViLBERT, head: Head) -> None:
-        super().__init__()
-        self.heads = model.heads
-        self.head = head
-
-    def forward(self, fused: Tensor) -> Tensor:
-        logits = self.heads.fused_logits(self.head, fused)
-        return logits.unsqueeze(-1) if self.head is Head.MATCH else logits
-
-
-class RegionHeadGraph(nn.Module):
-    """region: region_states (B, R, H_v), region_mask (B, R) -> logits (B, R)."""
-
-    def __init__(self, model: MultiTaskViLBERT) -> None:
-        super().__init__()
-        self.heads = model.heads
-
-    def forward(self, region_states: Tensor, region_mask: Tensor) -> Tensor:
-        return self.heads.region_logits(region_states, region_mask)
-
-
-class PairHeadGraph(nn.Module):
-    """pair: fused_pairs (B, I, H) -> logits (B, 2)."""
-
-    def __init__(self, model: MultiTaskViLBERT) -> None:
-        super().__init__()
-        self.heads = model.heads
-
-    def forward(self, fused_pairs: Tensor) -> Tensor:
-        return self.heads.pair_logits(fused_pairs)
 
 
 class BackboneGraph(nn.Module):
@@ -202,29 +97,12 @@ class BoxHeadGraph(nn.Module):
 
 
 def graph_module(graph: GraphSpec, model: MultiTaskViLBERT | None, detector: nn.Module | None) -> nn.Module:
-    """The eval-mode module computing `graph`."""
-    match graph.kind:
-        case GraphKind.TRUNK:
-            assert model is not None
-            module: nn.Module = TrunkGraph(model)
-        case GraphKind.HEAD:
-            assert model is not None and graph.head is not None
-            match graph.head:
-                case Head.REGION:
-                    module = RegionHeadGraph(model)
-                case Head.PAIR:
-                    module = PairHeadGraph(model)
-                case _:
-                    module = FusedHeadGraph(model, graph.head)
-        case GraphKind.TRUNK_SPLIT:
-            assert model is not None
-            module = TextPrefixGraph(model) if graph.name == TEXT_PREFIX else JointGraph(model)
-        case GraphKind.PREFILTER:
-            assert model is not None
-            module = PrefilterTextGraph(model) if graph.name == PREFILTER_TEXT else PrefilterImageGraph(model)
-        case GraphKind.DETECTOR:
-            assert detector is not None
-            module = BackboneGraph(detector) if graph.inputs[0].name == "images" else BoxHeadGraph(detector)
+    """The eval-mode module computing `graph` (ViLBERT graphs: `vilbert.graphs`)."""
+    if graph.kind is not GraphKind.DETECTOR:
+        assert model is not None
+        return vilbert_graph_module(graph, model)
+    assert detector is not None
+    module = BackboneGraph(detector) if graph.name == DETECTOR_BACKBONE else BoxHeadGraph(detector)
     return module.eval()
 
 
@@ -253,16 +131,16 @@ def sample_inputs(
     out: dict[str, np.ndarray] = {}
     for t in graph.inputs:
         shape = tuple(sizes[d] if isinstance(d, str) else d for d in t.shape)
-        if t.name == "input_ids":
+        if t.name == INPUT_IDS:
             out[t.name] = rng.integers(1, vocab_size, size=shape, dtype=np.int64)
-        elif t.name in ("attention_mask", "region_mask", TEXT_MASK):
+        elif t.name in (ATTENTION_MASK, REGION_MASK, TEXT_MASK):
             mask = np.ones(shape, dtype=t.dtype.numpy)
-            keep = max(1, shape[1] // 2) if t.name == "region_mask" else max(2, shape[1] // 2)
+            keep = max(1, shape[1] // 2) if t.name == REGION_MASK else max(2, shape[1] // 2)
             mask[0, keep:] = 0
             out[t.name] = mask
-        elif t.name == "task_ids":
+        elif t.name == TASK_IDS:
             out[t.name] = np.ones(shape, dtype=np.int64)
-        elif t.name == "region_locations":
+        elif t.name == REGION_LOCATIONS:
             xy = np.sort(rng.uniform(0, 1, size=(*shape[:-1], 2, 2)), axis=-1)  # x1<x2, y1<y2
             loc = np.stack([xy[..., 0, 0], xy[..., 1, 0], xy[..., 0, 1], xy[..., 1, 1]], axis=-1)
             area = (loc[..., 2] - loc[..., 0]) * (loc[..., 3] - loc[..., 1])

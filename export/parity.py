@@ -29,25 +29,35 @@ from torch import Tensor
 
 from export.graphs import sample_inputs
 from export.runtime import OnnxGraphs
-from export.spec import (
+from vilbert.config import ViLBERTConfig
+from vilbert.contract import (
+    ATTENTION_MASK,
     BATCH,
+    BOX_INPUTS,
     CAPTION_EMBEDDING,
     DETECTOR_BACKBONE,
     DETECTOR_BOX_HEAD,
+    DETECTOR_IMAGES,
     FUSED,
     IMAGE_EMBEDDING,
+    INPUT_IDS,
     JOINT,
     PREFILTER_IMAGE,
     PREFILTER_TEXT,
+    REGION_FEATURES,
+    REGION_INPUTS,
+    REGION_LOCATIONS,
+    REGION_MASK,
     REGION_STATES,
     REGIONS,
+    TASK_IDS,
     TEXT,
+    TEXT_INPUTS,
     TEXT_MASK,
     TEXT_PREFIX,
     TEXT_STATES,
     ExportSpec,
 )
-from vilbert.config import ViLBERTConfig
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import TASKS, Head, Task
 
@@ -72,7 +82,7 @@ def task_inputs(
         REGIONS: task.max_regions,
     }
     feeds = sample_inputs(spec.trunk, sizes, rng, vocab_size=cfg.vocab_size)
-    feeds["task_ids"] = np.full(sizes[BATCH], task.task_id, dtype=np.int64)
+    feeds[TASK_IDS] = np.full(sizes[BATCH], task.task_id, dtype=np.int64)
     return feeds
 
 
@@ -81,7 +91,7 @@ def torch_task_logits(model: MultiTaskViLBERT, task: Task, feeds: Mapping[str, n
     """The PyTorch reference on the same flattened rows (as `MultiTaskViLBERT.forward` flattens them)."""
     inputs = {k: torch.from_numpy(np.asarray(v)) for k, v in feeds.items()}
     out = model.trunk(**inputs)
-    logits = model.head_logits(task.head, out, inputs["region_mask"], task.images_per_example)
+    logits = model.head_logits(task.head, out, inputs[REGION_MASK], task.images_per_example)
     return logits.numpy()
 
 
@@ -102,38 +112,26 @@ def generated_diff(
 # ---------------------------------------------------------------------------------------------
 
 
-class _OnnxHeads:
-    """`TaskHeads`' three methods, answered by the head graphs."""
-
-    def __init__(self, graphs: OnnxGraphs) -> None:
-        self.graphs = graphs
-
-    def fused_logits(self, head: Head, fused: Tensor) -> Tensor:
-        return torch.from_numpy(self.graphs.head_logits(head, {"fused": fused.numpy()}, np.zeros(0)))
-
-    def pair_logits(self, fused_pairs: Tensor) -> Tensor:
-        images = fused_pairs.shape[1]
-        flat = fused_pairs.reshape(-1, fused_pairs.shape[-1]).numpy()
-        return torch.from_numpy(self.graphs.head_logits(Head.PAIR, {"fused": flat}, np.zeros(0), images))
-
-    def region_logits(self, region_states: Tensor, region_mask: Tensor) -> Tensor:
-        trunk_out = {"region_states": region_states.numpy()}
-        return torch.from_numpy(self.graphs.head_logits(Head.REGION, trunk_out, region_mask.numpy()))
-
-
 class OnnxModel:
-    """Stands in for `MultiTaskViLBERT` where training code calls `model.trunk(...)` / `model.heads.*`,
-    so the metric is computed by exactly the code that evaluates the PyTorch model."""
+    """Stands in for `MultiTaskViLBERT` where training code calls `model.trunk(...)` /
+    `model.head_logits(...)`, so the metric is computed by exactly the code that evaluates the
+    PyTorch model."""
 
     batch_size = 32  # examples per call when a metric is computed through it (`task_metric`)
 
     def __init__(self, graphs: OnnxGraphs) -> None:
         self.graphs = graphs
-        self.heads = _OnnxHeads(graphs)
         self.training = False
 
     def trunk(self, **inputs: Tensor) -> SimpleNamespace:
         return _as_tensors(self.graphs.trunk({k: v.numpy() for k, v in inputs.items()}))
+
+    def head_logits(
+        self, head: Head, out: SimpleNamespace, region_mask: Tensor, images: int | None = None
+    ) -> Tensor:
+        """The head graph on `trunk`'s outputs, as `MultiTaskViLBERT.head_logits`."""
+        trunk_out = {FUSED: out.fused.numpy(), REGION_STATES: out.region_states.numpy()}
+        return torch.from_numpy(self.graphs.head_logits(head, trunk_out, region_mask.numpy(), images))
 
     def eval(self) -> OnnxModel:
         return self
@@ -153,12 +151,12 @@ class ServedShapesModel(OnnxModel):
     batch_size = 1
 
     def trunk(self, **inputs: Tensor) -> SimpleNamespace:
-        text = int(inputs["attention_mask"].sum(1).max())
-        regions = int(inputs["region_mask"].sum(1).max())
-        width = inputs["region_mask"].shape[1]
+        text = int(inputs[ATTENTION_MASK].sum(1).max())
+        regions = int(inputs[REGION_MASK].sum(1).max())
+        width = inputs[REGION_MASK].shape[1]
         feeds = {}
         for name, value in inputs.items():
-            keep = regions if name.startswith("region_") else text if value.ndim >= 2 else None
+            keep = regions if name in REGION_INPUTS else text if value.ndim >= 2 else None
             feeds[name] = np.ascontiguousarray(value.numpy()[:, :keep] if keep is not None else value.numpy())
         out = self.graphs.trunk(feeds)
         states = out[REGION_STATES]  # back to the dataset's width: the heads read it with its mask
@@ -388,8 +386,8 @@ def split_parity(
     task = next(t for t in TASKS if t.head is Head.MATCH)
     rng = np.random.default_rng(seed + 1000)
     feeds = task_inputs(spec, task, rng, batch=images)  # padded row 0: masks exercised
-    feeds["input_ids"] = np.repeat(feeds["input_ids"][:1], images, 0)  # one caption, N images
-    feeds["attention_mask"] = np.repeat(feeds["attention_mask"][:1], images, 0)
+    feeds[INPUT_IDS] = np.repeat(feeds[INPUT_IDS][:1], images, 0)  # one caption, N images
+    feeds[ATTENTION_MASK] = np.repeat(feeds[ATTENTION_MASK][:1], images, 0)
     t = {k: torch.from_numpy(v) for k, v in feeds.items()}
     rows: list[GraphParity] = []
 
@@ -402,11 +400,11 @@ def split_parity(
         rows.append(row)
 
     model = model.eval()
-    prefix = model.trunk.encode_text_prefix(t["input_ids"][:1], t["attention_mask"][:1], t["task_ids"][:1])
-    got = graphs.run(TEXT_PREFIX, {k: feeds[k][:1] for k in ("input_ids", "attention_mask", "task_ids")})
+    prefix = model.trunk.encode_text_prefix(*(t[k][:1] for k in TEXT_INPUTS))
+    got = graphs.run(TEXT_PREFIX, {k: feeds[k][:1] for k in TEXT_INPUTS})
     check(TEXT_PREFIX, got[TEXT_STATES], prefix.states)
     check(f"{TEXT_PREFIX} ({TEXT_MASK})", got[TEXT_MASK], prefix.mask)
-    region_feeds = {k: feeds[k] for k in ("region_features", "region_locations", "region_mask")}
+    region_feeds = {k: feeds[k] for k in REGION_INPUTS}
     joint = graphs.run(
         JOINT,
         {
@@ -418,18 +416,18 @@ def split_parity(
     ref = model.trunk(**t)
     check(f"{JOINT} ({FUSED})", joint[FUSED], ref.fused)
     check(f"{JOINT} ({REGION_STATES})", joint[REGION_STATES], ref.region_states)
-    logits = graphs.head_logits(Head.MATCH, joint, feeds["region_mask"])
+    logits = graphs.head_logits(Head.MATCH, joint, feeds[REGION_MASK])
     check(
         f"{TEXT_PREFIX} -> {JOINT} -> head_match",
         logits,
-        model.head_logits(Head.MATCH, ref, t["region_mask"]),
+        model.head_logits(Head.MATCH, ref, t[REGION_MASK]),
     )
     if {PREFILTER_TEXT, PREFILTER_IMAGE} <= names:
         head = model.require_prefilter()
         caption = graphs.run(PREFILTER_TEXT, {TEXT_STATES: got[TEXT_STATES], TEXT_MASK: got[TEXT_MASK]})
         check(PREFILTER_TEXT, caption[CAPTION_EMBEDDING], head.caption_embedding(prefix.states, prefix.mask))
         image = graphs.run(PREFILTER_IMAGE, region_feeds)
-        ref_image = head.image_embedding(t["region_features"], t["region_locations"], t["region_mask"])
+        ref_image = head.image_embedding(t[REGION_FEATURES], t[REGION_LOCATIONS], t[REGION_MASK])
         check(PREFILTER_IMAGE, image[IMAGE_EMBEDDING], ref_image)
     return rows
 
@@ -440,7 +438,7 @@ def detector_parity(
 ) -> list[DetectorParity]:
     """Backbone pyramid on a padded random image; box head on boxes pooled from that pyramid,
     against `RegionDetector.box_head_outputs` (pool + MLP in PyTorch)."""
-    from regions.detector import box_geometry
+    from regions.roi_heads import box_geometry
 
     rng = np.random.default_rng(seed)
     detector = detector.eval()
@@ -448,7 +446,7 @@ def detector_parity(
     height, width = 5 * div, 7 * div
     image = rng.standard_normal((1, 3, height, width)).astype(np.float32)
     features = detector.backbone(torch.from_numpy(image))
-    got = graphs.run(DETECTOR_BACKBONE, {"images": image})
+    got = graphs.run(DETECTOR_BACKBONE, {DETECTOR_IMAGES: image})
     out: list[DetectorParity] = []
     ref_levels = [v.numpy() for v in features.values()]
     diff = max(float(np.abs(a - b).max()) for a, b in zip(got.values(), ref_levels))
@@ -463,7 +461,7 @@ def detector_parity(
     if detector.preset.box_head.geometry_features:
         pooled = torch.cat([pooled, box_geometry([boxes], sizes)], dim=1)
     ref = detector.box_head_outputs(features, [boxes], sizes)
-    got = graphs.run(DETECTOR_BOX_HEAD, {"box_inputs": pooled.numpy()})
+    got = graphs.run(DETECTOR_BOX_HEAD, {BOX_INPUTS: pooled.numpy()})
     pairs = zip(got.values(), (ref.features, ref.fc7, ref.class_logits, ref.box_regression))
     diffs = [(float(np.abs(a - b.numpy()).max()), float(np.abs(b.numpy()).max())) for a, b in pairs]
     out.append(DetectorParity(DETECTOR_BOX_HEAD, max(d for d, _ in diffs), max(s for _, s in diffs)))

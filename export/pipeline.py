@@ -29,9 +29,9 @@ from export.quantize import QuantizeOptions, quantize_graph
 from export.report import write_report
 from export.repository import checkpoint_digest, exporter_digest, write_repository
 from export.runtime import OnnxGraphs
-from export.spec import ExportSpec, GraphKind, build_spec
 from export.triton_config import Backend, Deployment
 from vilbert.checkpoint import load_checkpoint
+from vilbert.contract import ExportSpec, GraphKind, build_spec
 from vilbert.heads import MultiTaskViLBERT
 
 
@@ -146,7 +146,7 @@ def load_inputs(checkpoint: Path, detector_weights: Path | None = None) -> Loade
     ck = load_checkpoint(checkpoint)
     detector = None
     if detector_weights is not None:
-        from regions.detector import load_detector
+        from regions.weights import load_detector
 
         detector = load_detector(detector_weights).eval()
     spec = build_spec(ck.model.config, detector_dims(detector) if detector is not None else None)

@@ -23,12 +23,12 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
-from export.spec import SPEC_VERSION, ExportSpec, GraphSpec, TensorSpec
 from export.triton_config import Backend, Deployment, render_config
+from vilbert.contract import SPEC_VERSION, ExportSpec, GraphSpec, TensorSpec
+from vilbert.io import atomic_write_dir
 from vilbert.tasks import TASK_TABLE_VERSION, TASKS, as_dict
 
 TASKS_FILE = "tasks.json"
@@ -166,26 +166,8 @@ def write_repository(
         if readme.is_file():  # the committed layout description stays with the generated files
             shutil.copy2(readme, root / "README.md")
 
-    _atomic_dir(Path(out), write)
+    atomic_write_dir(Path(out), write)
     return Path(out)
-
-
-def _atomic_dir(target: Path, write: Callable[[Path], None]) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    try:
-        write(tmp)
-        tmp.chmod(0o755)  # mkdtemp makes it private; a server may run as another user
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def read_tasks(repository: Path) -> dict:

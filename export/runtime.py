@@ -3,7 +3,8 @@
 `OnnxGraphs` is what the parity gate compares with PyTorch, and what a gateway can use as its
 embedded backend: `OnnxGraphs.from_repository(dir)` needs only the repository.  `task_logits`
 follows the logit conventions of `MultiTaskViLBERT.head_logits`: the trunk runs over N = B x I rows
-(I = images per example), the head over what it reads; `match` logits come back as (N,).
+(I = images per example), the head over what the contract's `head_feeds` gives it; a scalar head's
+logits come back as (N,) (`model_logits`).
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ from pathlib import Path
 
 import numpy as np
 
-from export.spec import (
-    FUSED,
-    FUSED_PAIRS,
+from vilbert.config import ViLBERTConfig
+from vilbert.contract import (
     LOGITS,
-    REGION_STATES,
+    REGION_MASK,
     TRUNK,
     DetectorDims,
     ExportSpec,
     build_spec,
+    head_feeds,
+    model_logits,
 )
-from vilbert.config import ViLBERTConfig
 from vilbert.tasks import Head, Task
 
 
@@ -79,22 +80,17 @@ class OnnxGraphs:
         return self.run(TRUNK, feeds)
 
     def head_logits(
-        self, head: Head, trunk_out: Mapping[str, np.ndarray], region_mask: np.ndarray, images: int = 1
+        self,
+        head: Head,
+        trunk_out: Mapping[str, np.ndarray],
+        region_mask: np.ndarray | None = None,
+        images: int | None = None,
     ) -> np.ndarray:
         """A head on trunk outputs, in `MultiTaskViLBERT.head_logits` conventions."""
-        name = self.spec.head(head).name
-        match head:
-            case Head.REGION:
-                feeds = {REGION_STATES: trunk_out[REGION_STATES], "region_mask": region_mask}
-            case Head.PAIR:
-                fused = trunk_out[FUSED]
-                feeds = {FUSED_PAIRS: fused.reshape(-1, images, fused.shape[-1])}
-            case _:
-                feeds = {FUSED: trunk_out[FUSED]}
-        logits = self.run(name, feeds)[LOGITS]
-        return logits[:, 0] if head is Head.MATCH else logits
+        feeds = head_feeds(head, trunk_out, region_mask, images)
+        return model_logits(head, self.run(self.spec.head(head).name, feeds)[LOGITS])
 
     def task_logits(self, task: Task, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
         """Trunk then the task's head, on flattened trunk inputs (N = B x images rows)."""
         out = self.trunk(feeds)
-        return self.head_logits(task.head, out, np.asarray(feeds["region_mask"]), task.images_per_example)
+        return self.head_logits(task.head, out, np.asarray(feeds[REGION_MASK]), task.images_per_example)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from export.spec import BATCH, BOXES, HEIGHT, WIDTH, ExportSpec, GraphSpec
+from vilbert.contract import BATCH, BOXES, HEIGHT, WIDTH, ExportSpec, GraphSpec
 
 # Detector axes are not in the task table: a batch of up to 4 images up to 1344 px, up to 1000 boxes.
 DETECTOR_PROFILE = {BATCH: (1, 1, 4), HEIGHT: (32, 608, 1344), WIDTH: (32, 800, 1344), BOXES: (1, 100, 1000)}

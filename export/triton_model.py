@@ -2,13 +2,13 @@
 
 `python -m export --backend python` copies this file, unchanged, to ``<model>/<version>/model.py``
 next to ``model.onnx``; the same file serves the trunk, every head and the detector graphs, because
-tensor names and dtypes are read from the model's config.pbtxt (generated from export/spec.py).
+tensor names and dtypes are read from the model's config.pbtxt (generated from vilbert/contract.py).
 It imports nothing from the project: the repository alone is enough to serve.
 
 The python backend's stub runs the *base* interpreter with its own ``sys.path`` (not the project's
 virtual environment) and ignores PYTHONPATH, and numpy 2 in the stub breaks the backend (responses
 come back empty).  So before numpy is imported, the site-packages named in the environment variable
-``TWELVE_IN_ONE_SITE_PACKAGES`` (set by ``python -m server.triton``) are put first on ``sys.path``.
+``TWELVE_IN_ONE_SITE_PACKAGES`` (set by ``python -m export.triton_server``) are put first on ``sys.path``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import numpy as np  # noqa: E402
 if int(np.__version__.split(".")[0]) >= 2:
     raise RuntimeError(
         f"numpy {np.__version__} in the Triton python stub: the python backend needs numpy<2 "
-        f"(set {SITE_PACKAGES_ENV} to a site-packages with numpy 1.x, as python -m server.triton does)"
+        f"(set {SITE_PACKAGES_ENV} to a site-packages with numpy 1.x, as python -m export.triton_server does)"
     )
 
 import onnxruntime as ort  # noqa: E402

@@ -49,9 +49,12 @@ import torch
 from tqdm import tqdm
 
 from regions.decode import ImageDecodeError, decode_file
-from regions.detector import ImageRegions, RegionExtractor, build_detector, load_detector
+from regions.detector import build_detector
+from regions.extractor import ImageRegions, RegionExtractor
 from regions.presets import get_preset
 from regions.store import FeatureStoreWriter
+from regions.weights import load_detector
+from vilbert.cli import ArgumentParser, UserError, run
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 ID_MODES = ("stem", "number", "relpath")
@@ -125,11 +128,22 @@ def read_boxes(path: Path, box_format: str = "xyxy") -> dict[str, np.ndarray]:
 def resolve_detector(preset: str | None, weights: Path | None) -> tuple[RegionExtractor, bool]:
     """(extractor, random_weights) for the CLI's --preset / --weights."""
     if weights is not None:
+        if not weights.is_file():
+            raise UserError(f"--weights {weights}: no such file (python -m regions.train writes one)")
         # safetensors weights carry their preset JSON; a .pth defaults to vg-x152-fpn.
         return RegionExtractor(load_detector(weights, preset)), False
     if preset is None:
-        raise ValueError("pass --preset (and --weights for a trained or imported detector)")
-    return RegionExtractor(build_detector(get_preset(preset))), True
+        raise UserError("pass --weights (a trained or imported detector) or --preset NAME")
+    try:
+        chosen = get_preset(preset)
+    except KeyError as exc:
+        raise UserError(f"--preset: {exc.args[0]}") from None
+    if chosen.num_classes < 2:  # a trainable preset: its classes come from the data it is trained on
+        raise UserError(
+            f"preset {chosen.name!r} has no classes until trained: pass --weights with the detector "
+            "python -m regions.train wrote (e.g. artifacts/detector/synthetic-detector.safetensors)"
+        )
+    return RegionExtractor(build_detector(chosen)), True
 
 
 def extract_directory(
@@ -323,7 +337,7 @@ def extract_feature_jobs(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regions.extract", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m regions.extract", description=__doc__.splitlines()[0])
     parser.add_argument("--preset", help="preset name (vg-x152-fpn, synthetic) or preset JSON")
     parser.add_argument("--weights", type=Path, help=".safetensors (ours) or maskrcnn-benchmark .pth")
     parser.add_argument("--images", type=Path, help="directory of images (searched recursively)")
@@ -402,4 +416,4 @@ def _main_jobs(args: argparse.Namespace, extractor: RegionExtractor) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

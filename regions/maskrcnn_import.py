@@ -50,7 +50,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from regions.detector import RegionDetector, build_detector
 from regions.presets import BlockKind, DetectorPreset
+from vilbert.io import check_state_dict, load_state_dict_strict
 
 BN_FIELDS = ("weight", "bias", "running_mean", "running_var")
 ATTRIBUTE_HEAD_SOURCES = (
@@ -214,33 +216,17 @@ def read_maskrcnn_benchmark_checkpoint(path: str | Path) -> tuple[dict[str, Tens
     return dict(state), other
 
 
-def _listing(keys: list[str], limit: int = 20) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def convert_state_dict(
     source: dict[str, Tensor], preset: DetectorPreset, origin: str = "checkpoint"
 ) -> tuple[dict[str, Tensor], list[KeyMapping]]:
     """maskrcnn-benchmark names -> ours, strictly (every key mapped, present and of the right shape)."""
     mapping = checkpoint_key_map(preset)
-    by_source = {m.source: m for m in mapping}
-    unexpected = sorted(k for k in source if k not in by_source)
-    missing = [m.source for m in mapping if m.source not in source]
-    misshaped = [
-        f"{m.source} has shape {tuple(source[m.source].shape)}, expected {m.shape}"
-        for m in mapping
-        if m.source in source and tuple(source[m.source].shape) != m.shape
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped keys: {_listing(misshaped)}")
-    if problems:
-        raise CheckpointMismatchError(f"{origin} does not fit preset {preset.name!r}: " + "; ".join(problems))
+    check_state_dict(
+        {m.source: m.shape for m in mapping},
+        source,
+        what=f"{origin} does not fit preset {preset.name!r}",
+        error=CheckpointMismatchError,
+    )
     converted = {}
     for m in mapping:
         t = source[m.source]
@@ -254,15 +240,15 @@ def has_attribute_head(source: dict[str, Tensor], origin: str = "checkpoint") ->
     if present and len(present) != len(ATTRIBUTE_HEAD_SOURCES):
         absent = [k for k in ATTRIBUTE_HEAD_SOURCES if k not in source]
         raise CheckpointMismatchError(
-            f"{origin} has part of the attribute head: missing keys: {_listing(absent)}"
+            f"{origin} has part of the attribute head: missing keys: {', '.join(absent)}"
         )
     return bool(present)
 
 
-def load_maskrcnn_benchmark_detector(path: str | Path, preset: DetectorPreset):  # -> (RegionDetector, report)
+def load_maskrcnn_benchmark_detector(
+    path: str | Path, preset: DetectorPreset
+) -> tuple[RegionDetector, ImportReport]:
     """Build `preset`'s detector and load a maskrcnn-benchmark checkpoint into it, strictly."""
-    from regions.detector import build_detector, load_state_strict
-
     source, other = read_maskrcnn_benchmark_checkpoint(path)
     report = ImportReport(source=str(path), other_entries=other)
     with_attrs = has_attribute_head(source, str(path))
@@ -276,15 +262,23 @@ def load_maskrcnn_benchmark_detector(path: str | Path, preset: DetectorPreset): 
     # ~190M parameters whose random initialisation would only be overwritten.
     with torch.device("meta"):
         detector = build_detector(preset)
-    load_state_strict(detector, converted, str(path), assign=True)
+    load_state_dict_strict(
+        detector,
+        converted,
+        what=f"{path} does not match the detector",
+        error=CheckpointMismatchError,
+        assign=True,
+    )
     leftover = [n for n, t in [*detector.named_parameters(), *detector.named_buffers()] if t.is_meta]
     if leftover:
-        raise CheckpointMismatchError(f"{path}: tensors not provided by the checkpoint: {_listing(leftover)}")
+        raise CheckpointMismatchError(
+            f"{path}: tensors not provided by the checkpoint: {', '.join(leftover)}"
+        )
     report.loaded = mapping
     return detector, report
 
 
-def export_maskrcnn_benchmark_state_dict(detector) -> dict[str, Tensor]:
+def export_maskrcnn_benchmark_state_dict(detector: RegionDetector) -> dict[str, Tensor]:
     """Our detector's tensors under maskrcnn-benchmark names (round-trip tests, sharing weights back)."""
     own = detector.state_dict()
     mapping = checkpoint_key_map(detector.preset)
@@ -292,6 +286,6 @@ def export_maskrcnn_benchmark_state_dict(detector) -> dict[str, Tensor]:
     unmapped = sorted(k for k in own if k not in targets)
     if unmapped:
         raise CheckpointMismatchError(
-            f"detector tensors with no maskrcnn-benchmark name: {_listing(unmapped)}"
+            f"detector tensors with no maskrcnn-benchmark name: {', '.join(unmapped)}"
         )
     return {m.source: own[m.target].detach().clone() for m in mapping}

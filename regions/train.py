@@ -17,7 +17,6 @@ JSON beside it (class and attribute names included), ``DIR/metrics.json`` and ``
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import math
@@ -34,16 +33,13 @@ from torchvision.ops import box_iou, nms
 from tqdm import tqdm
 
 from regions.decode import decode_file
-from regions.detector import (
-    ImageRegions,
-    RegionDetector,
-    RegionExtractor,
-    atomic_write,
-    build_detector,
-    preprocess,
-    save_detector,
-)
+from regions.detector import RegionDetector, build_detector
+from regions.extractor import ImageRegions, RegionExtractor
 from regions.presets import SYNTHETIC, AttributeGroup, DetectorPreset
+from regions.transform import preprocess
+from regions.weights import save_detector
+from vilbert.cli import ArgumentParser, UserError, run
+from vilbert.io import atomic_write_bytes, atomic_write_text
 
 WEIGHTS_NAME = "synthetic-detector.safetensors"
 DEFAULT_OUT = Path("artifacts/detector")
@@ -353,16 +349,16 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         final_loss=float(np.mean(step_losses[-tenth:])) if step_losses else float("nan"),
         val=metrics,
     )
-    atomic_write(out / "metrics.json", json.dumps(asdict(result), indent=2).encode())
+    atomic_write_text(out / "metrics.json", json.dumps(asdict(result), indent=2))
     if val_images:
         buf = io.BytesIO()
         draw_regions(val_images[:6], regions[:6]).save(buf, format="PNG")
-        atomic_write(out / "val_boxes.png", buf.getvalue())
+        atomic_write_bytes(out / "val_boxes.png", buf.getvalue())
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m regions.train", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m regions.train", description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="synthetic world root (has detector/)")
     parser.add_argument(
         "--out", type=Path, default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})"
@@ -382,6 +378,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip augmentation")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
+    if not (args.data / "detector" / "instances_train.json").is_file():
+        raise UserError(
+            f"--data {args.data}: no detector/instances_train.json there; give a synthetic world "
+            "(python -m training.synthetic --out DIR writes one)"
+        )
     config = TrainConfig(
         data=args.data,
         out=args.out,
@@ -409,4 +410,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)

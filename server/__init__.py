@@ -4,7 +4,10 @@ Modules: `settings` (typed limits and paths), `app` (`create_app`, admission que
 request ids), `routes` (thin routers), `schemas` (request/answer models), `service` (decode -> region
 cache -> tokens -> trunk -> head -> readable answer), `errors` (domain errors -> HTTP, in one place),
 `backend` (the Protocol + `local` onnxruntime and `torch` backends), `triton_backend` (tritonclient),
-`region_cache` (memory LRU + LMDB by image sha256), `metrics` (Prometheus), `loading`, `examples`,
-`bootstrap` (`make serve`), `static/` (the web page).  `triton` (the bundled Triton launcher) belongs
-to the export package's side.  Importing the package builds nothing.
+`region_cache` (memory LRU + LMDB by image sha256), `metrics` (Prometheus), `loading`, `examples`
+(the page's example images, files rendered at build time), `static/` (the web page).
+
+The gateway only: the build pipeline behind `make serve` is `bootstrap/`, the Triton launcher is
+`export.triton_server`, and serving imports neither the training code nor the export-building
+modules (tests/server/test_door.py).  Importing the package builds nothing.
 """

@@ -1,13 +1,13 @@
-"""Model backends: one Protocol, graph by graph, with the names of `export.spec`.
+"""Model backends: one Protocol, graph by graph, with the names of the contract (`vilbert.contract`).
 
 The service runs `trunk` then the task's `head_<head>` through `Backend.infer(graph, inputs)`; the
-tensors are numpy arrays keyed by the spec's tensor names, so the same service code drives
+tensors are numpy arrays keyed by the contract's tensor names, so the same service code drives
 
 * `OnnxBackend` (`local`): onnxruntime sessions over the exported ONNX graphs, in-process;
 * `TritonBackend` (`triton`, in server/triton_backend.py): the same graphs served by Triton;
-* `TorchBackend` (`torch`): the PyTorch checkpoint, computing exactly what each exported graph
-  computes.  It also implements `PrefixScorer`: one caption's image-free text layers are computed
-  once and reused for every gallery image.
+* `TorchBackend` (`torch`): the PyTorch checkpoint, running the very modules the exporter traces
+  (`vilbert.graphs`).  It also implements `PrefixScorer`: one caption's image-free text layers are
+  computed once and reused for every gallery image.
 
 The other two do the same for retrieval with the optional graphs (`optional_graph_names`, probed with
 `has_graph`): `text_prefix` once per caption, then `joint` per image batch; and, for a model trained
@@ -25,22 +25,18 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from export.spec import (
-    CAPTION_EMBEDDING,
+from vilbert.contract import (
     FUSED,
-    FUSED_PAIRS,
-    HEAD_PREFIX,
-    IMAGE_EMBEDDING,
     JOINT,
-    LOGITS,
     PREFILTER_IMAGE,
     PREFILTER_TEXT,
     REGION_STATES,
-    TEXT_MASK,
     TEXT_PREFIX,
-    TEXT_STATES,
     TRUNK,
-    TRUNK_INPUTS,
+    build_spec,
+    head_feeds,
+    head_graph_name,
+    model_logits,
 )
 from vilbert.tasks import Head
 
@@ -53,7 +49,7 @@ class BackendError(RuntimeError):
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs one exported graph by name on numpy inputs named as in `export.spec`."""
+    """Runs one exported graph by name on numpy inputs named as in `vilbert.contract`."""
 
     name: str
 
@@ -86,7 +82,7 @@ class PrefixScorer(Protocol):
 
 def graph_names() -> list[str]:
     """The ViLBERT graphs a backend must serve: the trunk and one head per head weight set."""
-    return [TRUNK, *(f"{HEAD_PREFIX}{h.value}" for h in Head)]
+    return [TRUNK, *(head_graph_name(h) for h in Head)]
 
 
 def optional_graph_names() -> list[str]:
@@ -103,16 +99,21 @@ def has_graph(backend: object, model: str) -> bool:
 
 
 class TorchBackend:
-    """The exported graphs' computations on a `MultiTaskViLBERT` (eval mode, no grad)."""
+    """The exported graphs' own PyTorch modules (`vilbert.graphs`) on a `MultiTaskViLBERT` (eval
+    mode, no grad): graph name -> module, inputs and outputs by the contract's tensor names."""
 
     name = "torch"
 
     def __init__(self, model, threads: int = 1) -> None:  # model: vilbert.heads.MultiTaskViLBERT
         import torch
 
+        from vilbert.graphs import graph_modules
+
         self._torch = torch
         self.model = model.eval()
         self.threads = threads
+        self.spec = build_spec(model.config)
+        self._graphs = graph_modules(self.model)
         self._lock = threading.Lock()  # torch modules are not re-entrant across threads for set_num_threads
 
     @classmethod
@@ -121,53 +122,28 @@ class TorchBackend:
 
         return cls(load_checkpoint(path).model, threads)
 
-    def infer(self, model: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None) -> Arrays:
-        torch = self._torch
+    def _run(self, model: str, *args):
+        """Graph `model`'s module on torch tensors, outputs as a tuple (call under the lock)."""
+        out = self._graphs[model](*args)
+        return out if isinstance(out, tuple) else (out,)
+
+    def _tensor(self, array: np.ndarray):
         # np.require copies read-only buffers (e.g. decoded wire tensors): torch wants writable memory.
-        t = {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in inputs.items()}
+        return self._torch.from_numpy(np.require(array, requirements=["C", "W"]))
+
+    def infer(self, model: str, inputs: Mapping[str, np.ndarray], request_id: str | None = None) -> Arrays:
+        if model not in self._graphs:
+            raise BackendError(f"no graph named {model!r}")
+        graph = self.spec.graph(model)
+        args = [self._tensor(inputs[t.name]) for t in graph.inputs]
+        torch = self._torch
         with self._lock, torch.inference_mode():
             torch.set_num_threads(self.threads)
-            if model == TRUNK:
-                out = self.model.trunk(*(t[name] for name in TRUNK_INPUTS))
-                return {FUSED: out.fused.numpy(), REGION_STATES: out.region_states.numpy()}
-            if model in optional_graph_names():
-                return self._optional(model, t)
-            if not model.startswith(HEAD_PREFIX):
-                raise BackendError(f"no graph named {model!r}")
-            head = Head(model.removeprefix(HEAD_PREFIX))
-            heads = self.model.heads
-            match head:
-                case Head.REGION:
-                    logits = heads.region_logits(t[REGION_STATES], t["region_mask"])
-                case Head.PAIR:
-                    logits = heads.pair_logits(t[FUSED_PAIRS])
-                case Head.MATCH:
-                    logits = heads.fused_logits(head, t[FUSED]).unsqueeze(-1)  # (B, 1) as the graph
-                case _:
-                    logits = heads.fused_logits(head, t[FUSED])
-            return {LOGITS: logits.numpy()}
-
-    def _optional(self, model: str, t: Mapping) -> Arrays:
-        """The split trunk and pre-filter graphs (export.graphs computes the same)."""
-        from vilbert.modeling import TextPrefix
-
-        trunk = self.model.trunk
-        if model == TEXT_PREFIX:
-            prefix = trunk.encode_text_prefix(t["input_ids"], t["attention_mask"], t["task_ids"])
-            return {TEXT_STATES: prefix.states.numpy(), TEXT_MASK: prefix.mask.numpy()}
-        if model == PREFILTER_TEXT:
-            emb = self.model.require_prefilter().caption_embedding(t[TEXT_STATES], t[TEXT_MASK])
-            return {CAPTION_EMBEDDING: emb.numpy()}
-        regions = (t["region_features"], t["region_locations"], t["region_mask"])
-        if model == JOINT:
-            out = trunk.encode_joint(TextPrefix(t[TEXT_STATES], t[TEXT_MASK]), *regions)
-            return {FUSED: out.fused.numpy(), REGION_STATES: out.region_states.numpy()}
-        return {IMAGE_EMBEDDING: self.model.require_prefilter().image_embedding(*regions).numpy()}
+            outputs = self._run(model, *args)
+        return {t.name: v.numpy() for t, v in zip(graph.outputs, outputs, strict=True)}
 
     def has_graph(self, model: str) -> bool:
-        if model in (PREFILTER_TEXT, PREFILTER_IMAGE):
-            return self.model.prefilter is not None
-        return model in graph_names() or model in optional_graph_names()
+        return model in self._graphs
 
     def match_scores(
         self,
@@ -178,20 +154,18 @@ class TorchBackend:
         region_locations: np.ndarray,
         region_mask: np.ndarray,
     ) -> np.ndarray:
+        """`text_prefix` once for the caption (batch 1), `joint` over the N images, the match head."""
         torch = self._torch
+        text = (self._tensor(input_ids), self._tensor(attention_mask), torch.tensor([task_id]))
+        mask = self._tensor(region_mask)
+        regions = (self._tensor(region_features), self._tensor(region_locations), mask)
         with self._lock, torch.inference_mode():
             torch.set_num_threads(self.threads)
-            trunk = self.model.trunk
-            prefix = trunk.encode_text_prefix(
-                torch.from_numpy(input_ids), torch.from_numpy(attention_mask), torch.tensor([task_id])
-            )
-            out = trunk.encode_joint(
-                prefix,
-                torch.from_numpy(region_features),
-                torch.from_numpy(region_locations),
-                torch.from_numpy(region_mask),
-            )
-            return self.model.heads.fused_logits(Head.MATCH, out.fused).numpy()
+            prefix = self._run(TEXT_PREFIX, *text)
+            fused, region_states = self._run(JOINT, *prefix, *regions)
+            feeds = head_feeds(Head.MATCH, {FUSED: fused, REGION_STATES: region_states}, mask)
+            (logits,) = self._run(head_graph_name(Head.MATCH), *feeds.values())
+            return model_logits(Head.MATCH, logits).numpy()
 
     def ready(self) -> dict[str, bool]:
         return dict.fromkeys(graph_names(), True)

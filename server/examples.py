@@ -1,14 +1,21 @@
-"""Built-in example images for the web page: synthetic scenes like the ones the demo model learnt from."""
+"""The web page's example images: static files that `make serve` renders at build time.
+
+``python -m training.synthetic.examples --out DIR`` (a step of `python -m bootstrap`) writes the PNGs
+and ``DIR/examples.json``; the gateway only reads them (``--examples-dir``, default
+``artifacts/examples``), so serving never imports the training code.  No directory: no examples.
+"""
 
 from __future__ import annotations
 
-import io
+import json
+import logging
+import re
 from dataclasses import dataclass
-from functools import lru_cache
+from pathlib import Path
 
-import numpy as np
-
-EXAMPLE_SEEDS = (3, 11, 29, 47)
+log = logging.getLogger("server")
+INDEX = "examples.json"
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 @dataclass(frozen=True)
@@ -18,19 +25,18 @@ class Example:
     objects: list[dict]  # shape, colour, size, box (for hints and tests)
 
 
-@lru_cache(maxsize=1)
-def examples() -> tuple[Example, ...]:
-    """A few deterministic scenes rendered by the synthetic world's own renderer."""
-    from training.synthetic.scene import SceneSampler, render
-
+def load_examples(directory: Path | None) -> tuple[Example, ...]:
+    """The examples listed in `directory`/examples.json, read once (a few small PNGs)."""
+    if directory is None:
+        return ()
+    index = Path(directory) / INDEX
+    if not index.is_file():
+        log.warning("no example images: %s is missing (python -m training.synthetic.examples)", index)
+        return ()
     out = []
-    for i, seed in enumerate(EXAMPLE_SEEDS):
-        scene = SceneSampler(np.random.default_rng(seed)).sample(f"example-{i}", min_objects=3, max_objects=5)
-        buf = io.BytesIO()
-        render(scene).save(buf, format="PNG")
-        objects = [
-            {"shape": o.shape, "colour": o.colour, "size": o.size, "box": [round(v, 1) for v in o.box]}
-            for o in scene.objects
-        ]
-        out.append(Example(f"example-{i}", buf.getvalue(), objects))
+    for row in json.loads(index.read_text())["examples"]:
+        name, file = str(row["name"]), Path(str(row["file"]))
+        if not NAME.match(name) or file.name != str(file):  # names go into URLs; files stay in the folder
+            raise ValueError(f"{index}: bad example entry {name!r} -> {file}")
+        out.append(Example(name, (index.parent / file).read_bytes(), list(row.get("objects", []))))
     return tuple(out)

@@ -19,7 +19,7 @@ class Components:
     """Everything `create_app` needs besides settings; tests build it from tiny models directly."""
 
     backend: Backend
-    extractor: object  # regions.detector.RegionExtractor
+    extractor: object  # regions.extractor.RegionExtractor
     tokenizer: object  # vilbert.tokenizer.WordPieceTokenizer
     answers: dict[str, list[str]] = field(default_factory=dict)
 
@@ -57,7 +57,8 @@ def build_backend(settings: Settings) -> Backend:
 def load_components(settings: Settings) -> Components:
     import torch
 
-    from regions.detector import RegionExtractor, load_detector
+    from regions.extractor import RegionExtractor
+    from regions.weights import load_detector
     from vilbert.tokenizer import load_tokenizer
 
     torch.set_num_threads(settings.threads)

@@ -26,6 +26,7 @@ from server.errors import (
     UnauthorizedError,
     UnsupportedMediaError,
 )
+from server.examples import Example, load_examples
 from server.settings import Settings
 from vilbert.tasks import TASKS, as_dict
 
@@ -210,9 +211,28 @@ def api_router(settings: Settings) -> APIRouter:
         return svc(request).gallery_info(name)
 
     @router.get("/tasks", tags=["meta"])
-    async def tasks() -> dict[str, Any]:
-        """The task table: which endpoint and `dataset` value serves each of the twelve tasks."""
-        return {"tasks": [as_dict(t) for t in TASKS]}
+    async def tasks(request: Request) -> dict[str, Any]:
+        """The task table: which endpoint and `dataset` value serves each of the twelve tasks, and
+        (`default`) which dataset a request without a `dataset` field gets.  Tasks answering from a
+        vocabulary say whether it is `answers: "loaded"` or `"missing"` (answers then come back as
+        `answer_<index>`); `warnings` lists what is missing."""
+        answers = svc(request).answers
+        rows, missing = [], []
+        for t in TASKS:
+            row = as_dict(t) | {"default": t.default}
+            if t.answer_vocab:
+                row["answers"] = "loaded" if answers.get(t.answer_vocab) else "missing"
+                if row["answers"] == "missing":
+                    missing.append(t.slug)
+            rows.append(row)
+        body: dict[str, Any] = {"tasks": rows}
+        if missing:
+            body["warnings"] = [
+                f"no answer vocabulary for {', '.join(missing)}: their answers are served as "
+                "answer_<index>; convert the model with the release's answer lists "
+                "(python -m vilbert.convert --release DIR, or --official with --vqa-answers/--gqa-answers)"
+            ]
+        return body
 
     @router.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
@@ -238,22 +258,25 @@ def page_router() -> APIRouter:
             raise NotFoundError(f"no static file {name!r}")
         return FileResponse(path)
 
-    @router.get("/examples", tags=["meta"])
-    async def example_list() -> dict[str, Any]:
-        """Built-in synthetic example images (for the page and quick tries)."""
-        from server.examples import examples
+    def examples(request: Request) -> tuple[Example, ...]:
+        state = request.app.state
+        if getattr(state, "examples", None) is None:  # read once, on first use
+            state.examples = load_examples(state.settings.examples_dir)
+        return state.examples
 
+    @router.get("/examples", tags=["meta"])
+    async def example_list(request: Request) -> dict[str, Any]:
+        """Example images (synthetic scenes rendered by `make serve`) for the page and quick tries."""
         return {
             "examples": [
-                {"name": e.name, "url": f"/examples/{e.name}.png", "objects": e.objects} for e in examples()
+                {"name": e.name, "url": f"/examples/{e.name}.png", "objects": e.objects}
+                for e in examples(request)
             ]
         }
 
     @router.get("/examples/{name}.png", tags=["meta"], responses={404: ERRORS[404]})
-    async def example_png(name: str) -> Response:
-        from server.examples import examples
-
-        for e in examples():
+    async def example_png(request: Request, name: str) -> Response:
+        for e in examples(request):
             if e.name == name:
                 return Response(e.png, media_type="image/png")
         raise NotFoundError(f"name: no example {name!r}", "name")

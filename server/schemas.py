@@ -1,7 +1,8 @@
 """Request and response bodies, one pydantic model per kind of answer.
 
 Images are referenced by `ImageRef`: base64 bytes in the JSON, the name of a multipart file part, or
-an `image_id` returned by ``POST /images`` (the sha256 of the image's bytes).
+an `image_id` returned by ``POST /images`` (the sha256 of the image's bytes); a plain base64 string
+or a base64 ``data:`` URL stands for ``{"base64": ...}``.
 """
 
 from __future__ import annotations
@@ -9,22 +10,23 @@ from __future__ import annotations
 import enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, model_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError
 
-from vilbert.tasks import Endpoint, tasks_for_endpoint
+from vilbert.tasks import Endpoint, default_task, tasks_for_endpoint
 
 
-def _datasets(endpoint: Endpoint, default: str) -> tuple[object, str]:
-    """The `dataset` choices of an endpoint, generated from the task table, and its default."""
+def _datasets(endpoint: Endpoint) -> tuple[object, str]:
+    """The `dataset` choices of an endpoint and its default, both from the task table."""
     choices = tuple(t.dataset for t in tasks_for_endpoint(endpoint))
-    assert default in choices, f"default {default!r} is not a {endpoint} dataset"
-    return Literal[choices], default  # type: ignore[valid-type]
+    return Literal[choices], default_task(endpoint).dataset  # type: ignore[valid-type]
 
 
-VQADataset, VQA_DEFAULT = _datasets(Endpoint.VQA, "vqa")
-GroundDataset, GROUND_DEFAULT = _datasets(Endpoint.GROUND, "refcoco")
-RetrieveDataset, RETRIEVE_DEFAULT = _datasets(Endpoint.RETRIEVE, "coco")
-VerifyDataset, VERIFY_DEFAULT = _datasets(Endpoint.VERIFY, "snli_ve")
+VQADataset, VQA_DEFAULT = _datasets(Endpoint.VQA)
+GroundDataset, GROUND_DEFAULT = _datasets(Endpoint.GROUND)
+RetrieveDataset, RETRIEVE_DEFAULT = _datasets(Endpoint.RETRIEVE)
+VerifyDataset, VERIFY_DEFAULT = _datasets(Endpoint.VERIFY)
 
 GALLERY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
@@ -35,19 +37,63 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+IMAGE_FORMS = (
+    'an image is {"base64": "<bytes>"}, {"upload": "<multipart part>"}, {"image_id": "<id>"}, '
+    "a plain base64 string, or a data: URL (data:image/png;base64,<bytes>)"
+)
+
+
 class ImageRef(Strict):
-    """Exactly one of `base64`, `upload` (a multipart part name) or `image_id`."""
+    """Exactly one of `base64`, `upload` (a multipart part name) or `image_id`.
+
+    Shorthand: a JSON string in place of the object is the image's base64 bytes, plain or as a
+    base64 ``data:`` URL (``data:image/png;base64,...``, what a browser's FileReader gives)."""
 
     base64: str | None = Field(None, description="the image file's bytes, base64-encoded")
     upload: str | None = Field(None, description="name of a multipart file part of this request")
     image_id: str | None = Field(None, description="an id returned by POST /images", max_length=128)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"base64": base64_of(value)}
+        if not isinstance(value, dict | ImageRef):
+            raise PydanticCustomError("image_form", IMAGE_FORMS)
+        return value
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        """The object, or the string shorthand (so OpenAPI and its clients know both forms)."""
+        schema = handler.resolve_ref_schema(handler(core_schema))
+        shorthand = {
+            "type": "string",
+            "description": "the image's bytes as base64, or a data: URL (data:image/png;base64,...)",
+        }
+        return {"anyOf": [dict(schema), shorthand], "title": schema.get("title", cls.__name__)}
+
     @model_validator(mode="after")
     def _exactly_one(self) -> ImageRef:
         given = [k for k in ("base64", "upload", "image_id") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("give exactly one of base64, upload, image_id")
+            message = "give exactly one of base64, upload, image_id: " + IMAGE_FORMS
+            raise PydanticCustomError("image_form", message)
         return self
+
+
+def base64_of(text: str) -> str:
+    """The base64 payload of an image string: the text itself, or the data of a base64 data: URL."""
+    text = text.strip()
+    if text[:5].lower() != "data:":
+        return text
+    header, comma, payload = text.partition(",")
+    if not comma or header.lower().split(";")[-1] != "base64":
+        raise PydanticCustomError(
+            "image_data_url", "a data: URL image must be base64 (data:image/png;base64,<bytes>)"
+        )
+    return payload
 
 
 class Box(BaseModel):

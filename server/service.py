@@ -16,23 +16,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from export.spec import (
-    CAPTION_EMBEDDING,
-    FUSED,
-    FUSED_PAIRS,
-    HEAD_PREFIX,
-    IMAGE_EMBEDDING,
-    JOINT,
-    LOGITS,
-    MIN_TEXT_TOKENS,
-    PREFILTER_IMAGE,
-    PREFILTER_TEXT,
-    REGION_STATES,
-    TEXT_MASK,
-    TEXT_PREFIX,
-    TEXT_STATES,
-    TRUNK,
-)
 from regions.decode import ImageDecodeError, decode_image, sha256_hex
 from regions.inputs import box_locations, region_inputs
 from server import schemas as s
@@ -47,7 +30,30 @@ from server.errors import (
 from server.metrics import Metrics
 from server.region_cache import CachedRegions, RegionCache
 from server.settings import Settings
-from vilbert.tasks import Endpoint, Head, Readout, Task, task_for_dataset, tasks_for_endpoint
+from vilbert.contract import (
+    ATTENTION_MASK,
+    CAPTION_EMBEDDING,
+    IMAGE_EMBEDDING,
+    INPUT_IDS,
+    JOINT,
+    LOGITS,
+    MIN_TEXT_TOKENS,
+    PREFILTER_IMAGE,
+    PREFILTER_TEXT,
+    REGION_FEATURES,
+    REGION_INPUTS,
+    REGION_LOCATIONS,
+    REGION_MASK,
+    REGION_STATES,
+    TASK_IDS,
+    TEXT_MASK,
+    TEXT_PREFIX,
+    TEXT_STATES,
+    TRUNK,
+    head_feeds,
+    head_graph_name,
+)
+from vilbert.tasks import Endpoint, Readout, Task, task_for_dataset, tasks_for_endpoint
 
 WHOLE_IMAGE_LABEL = "whole image"
 
@@ -85,6 +91,10 @@ class PaddedRegions:
     mask: np.ndarray  # (N, R) int64
     boxes: list[np.ndarray]  # per image (R_i, 4) pixel boxes, row 0 the whole image
 
+    def feeds(self) -> dict[str, np.ndarray]:
+        """The three region inputs of a graph, by the contract's tensor names."""
+        return {REGION_FEATURES: self.features, REGION_LOCATIONS: self.locations, REGION_MASK: self.mask}
+
 
 @dataclass(frozen=True)
 class Gallery:
@@ -105,7 +115,7 @@ class Service:
         self,
         settings: Settings,
         backend: Backend,
-        extractor,  # regions.detector.RegionExtractor (or anything with .extract/.extract_at_boxes)
+        extractor,  # regions.extractor.RegionExtractor (or anything with .extract/.extract_at_boxes)
         tokenizer,  # vilbert.tokenizer.WordPieceTokenizer
         answers: Mapping[str, list[str]],
         metrics: Metrics,
@@ -290,24 +300,27 @@ class Service:
 
     def trunk(self, task: Task, ids: np.ndarray, mask: np.ndarray, regions: PaddedRegions, rid: str | None):
         inputs = {
-            "input_ids": ids,
-            "attention_mask": mask,
-            "task_ids": np.full((ids.shape[0],), task.task_id, np.int64),
-            "region_features": regions.features,
-            "region_locations": regions.locations,
-            "region_mask": regions.mask,
+            INPUT_IDS: ids,
+            ATTENTION_MASK: mask,
+            TASK_IDS: np.full((ids.shape[0],), task.task_id, np.int64),
+            **regions.feeds(),
         }
         if self.settings.pad_to_task_max:
             inputs = pad_to_task_max(inputs, task)
-        with self.metrics.time_stage("trunk"):
+        with self.metrics.time_stage(TRUNK):
             out = self.infer(TRUNK, inputs, rid)
         if out[REGION_STATES].shape[1] != regions.mask.shape[1]:  # padded: heads see the real regions
             out = {**out, REGION_STATES: out[REGION_STATES][:, : regions.mask.shape[1]]}
         return out
 
-    def head(self, head: Head, inputs: Mapping[str, np.ndarray], rid: str | None) -> np.ndarray:
+    def head(
+        self, task: Task, trunk_out: Mapping[str, np.ndarray], region_mask: np.ndarray, rid: str | None
+    ) -> np.ndarray:
+        """The task's head graph on the trunk's outputs (fed as the contract's `head_feeds` says):
+        logits as the graph returns them, one row per example."""
+        feeds = head_feeds(task.head, trunk_out, region_mask, task.images_per_example)
         with self.metrics.time_stage("head"):
-            return self.infer(f"{HEAD_PREFIX}{head.value}", inputs, rid)[LOGITS]
+            return self.infer(head_graph_name(task.head), feeds, rid)[LOGITS]
 
     def _top_k(self, top_k: int, available: int) -> int:
         if top_k > self.settings.max_top_k:
@@ -323,7 +336,7 @@ class Service:
         ids, mask = self.tokens(question, task)
         regions = self.pad_regions([self.inputs_of(image.regions, task.max_regions)])
         out = self.trunk(task, ids, mask, regions, rid)
-        logits = self.head(task.head, {FUSED: out[FUSED]}, rid)[0]
+        logits = self.head(task, out, regions.mask, rid)[0]
         vocab = self.answers.get(task.answer_vocab) or [f"answer_{i}" for i in range(len(logits))]
         n = min(len(vocab), len(logits))
         probs = _sigmoid(logits[:n])
@@ -367,9 +380,7 @@ class Service:
             return s.GroundResponse(task=task.slug, regions=[], no_match=True)
         regions = self.pad_regions([(feats, locs, boxes)])
         out = self.trunk(task, ids, mask, regions, rid)
-        logits = self.head(
-            Head.REGION, {REGION_STATES: out[REGION_STATES], "region_mask": regions.mask}, rid
-        )[0]
+        logits = self.head(task, out, regions.mask, rid)[0]
         probs = _sigmoid(logits[choices])
         k = self._top_k(req.top_k, len(choices))
         order = np.argsort(-probs, kind="stable")[:k]
@@ -504,8 +515,8 @@ class Service:
 
     def text_prefix(self, task: Task, ids: np.ndarray, mask: np.ndarray, rid: str | None) -> dict:
         """One caption's text-prefix states (`text_prefix` graph): computed once per query."""
-        inputs = {"input_ids": ids, "attention_mask": mask, "task_ids": np.full((1,), task.task_id, np.int64)}
-        with self.metrics.time_stage("trunk"):
+        inputs = {INPUT_IDS: ids, ATTENTION_MASK: mask, TASK_IDS: np.full((1,), task.task_id, np.int64)}
+        with self.metrics.time_stage(TRUNK):
             return self.infer(TEXT_PREFIX, inputs, rid)
 
     def image_embeddings(self, task: Task, images: Sequence[CachedRegions]) -> np.ndarray:
@@ -517,12 +528,7 @@ class Service:
                 regions = self.pad_regions(
                     [self.inputs_of(r, task.max_regions) for r in images[start : start + step]]
                 )
-                inputs = {
-                    "region_features": regions.features,
-                    "region_locations": regions.locations,
-                    "region_mask": regions.mask,
-                }
-                out.append(self.infer(PREFILTER_IMAGE, inputs, None)[IMAGE_EMBEDDING])
+                out.append(self.infer(PREFILTER_IMAGE, regions.feeds(), None)[IMAGE_EMBEDDING])
         return np.concatenate(out).astype(np.float32)
 
     def match_scores(
@@ -551,7 +557,7 @@ class Service:
             regions = self.pad_regions([self.inputs_of(r, task.max_regions) for r in chunk])
             if isinstance(self.backend, PrefixScorer):
                 # Text prefix computed once per call; the joint layers run over the image batch.
-                with self.metrics.time_stage("trunk"):
+                with self.metrics.time_stage(TRUNK):
                     try:
                         scores.append(
                             self.backend.match_scores(
@@ -568,15 +574,13 @@ class Service:
                 inputs = {
                     TEXT_STATES: np.repeat(prefix[TEXT_STATES], rows, 0),
                     TEXT_MASK: np.repeat(prefix[TEXT_MASK], rows, 0),
-                    "region_features": regions.features,
-                    "region_locations": regions.locations,
-                    "region_mask": regions.mask,
+                    **regions.feeds(),
                 }
-                with self.metrics.time_stage("trunk"):
+                with self.metrics.time_stage(TRUNK):
                     out = self.infer(JOINT, inputs, rid)
             else:
                 out = self.trunk(task, np.repeat(ids, rows, 0), np.repeat(mask, rows, 0), regions, rid)
-            scores.append(self.head(Head.MATCH, {FUSED: out[FUSED]}, rid).reshape(rows))
+            scores.append(self.head(task, out, regions.mask, rid).reshape(rows))
         return np.concatenate(scores) if scores else np.zeros(0, np.float32)
 
     def register_gallery(
@@ -629,12 +633,8 @@ class Service:
         rows = len(images)
         ids, mask = self.tokens(statement, task, rows)
         regions = self.pad_regions([self.inputs_of(r, task.max_regions) for r in images])
-        fused = self.trunk(task, ids, mask, regions, rid)[FUSED]  # (I, H): row i = (statement, image i)
-        match task.head:
-            case Head.PAIR:
-                logits = self.head(task.head, {FUSED_PAIRS: fused.reshape(1, rows, -1)}, rid)[0]
-            case _:
-                logits = self.head(task.head, {FUSED: fused}, rid)[0]
+        out = self.trunk(task, ids, mask, regions, rid)  # rows: (statement, image i)
+        logits = self.head(task, out, regions.mask, rid)[0]
         probs = _softmax(logits)
         labels = task.labels or tuple(f"label_{i}" for i in range(len(probs)))
         best = int(np.argmax(probs))
@@ -649,8 +649,8 @@ def pad_to_task_max(inputs: Mapping[str, np.ndarray], task: Task) -> dict[str, n
     the comparison setting (`Settings.pad_to_task_max`, bench/serving.py)."""
     out = dict(inputs)
     for names, width in (
-        (("input_ids", "attention_mask"), task.max_text_tokens),
-        (("region_features", "region_locations", "region_mask"), task.max_regions),
+        ((INPUT_IDS, ATTENTION_MASK), task.max_text_tokens),
+        (REGION_INPUTS, task.max_regions),
     ):
         have = out[names[0]].shape[1]
         if have < width:

@@ -36,9 +36,12 @@ class Settings(BaseSettings):
     backend: BackendKind = BackendKind.LOCAL
     checkpoint: Path | None = None
     model_repository: Path | None = None  # exported ONNX graphs (`local`) / the Triton repository layout
-    triton_url: str = "127.0.0.1:8001"  # host:port of Triton's HTTP endpoint
+    # host:port of Triton's HTTP endpoint (tritonclient.http): the launcher's default HTTP port
+    # (export/triton_server.py: HTTP 8010, gRPC 8011, metrics 8012, apart from the gateway's 8000).
+    triton_url: str = "127.0.0.1:8010"
     detector_weights: Path | None = None  # `regions` detector weights (preset JSON beside them)
     threads: int = Field(1, ge=1, le=64)  # intra-op threads for torch / onnxruntime
+    examples_dir: Path | None = None  # the web page's example images (examples.json + PNGs); None: none
 
     # Region cache: memory LRU in front of an LMDB keyed by image sha256.
     cache_dir: Path | None = None  # None: memory only

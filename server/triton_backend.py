@@ -17,8 +17,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from export.spec import DType
 from server.backend import Arrays, BackendError, graph_names
+from vilbert.contract import DType
 
 _WIRE = {np.dtype("float32"): DType.FP32.wire, np.dtype("int64"): DType.INT64.wire}
 
@@ -75,7 +75,7 @@ class TritonBackend:
                 array = np.ascontiguousarray(inputs[name])
                 if rank == array.ndim + 1:
                     # A per-row scalar (task_ids (B,)) travels as (B, 1) to a batching model and is
-                    # reshaped back by its config (export.spec.wire_shape).
+                    # reshaped back by its config (vilbert.contract.wire_shape).
                     array = array.reshape(*array.shape, 1)
                 item = httpclient.InferInput(name, list(array.shape), _WIRE[array.dtype])
                 item.set_data_from_numpy(array, binary_data=True)

@@ -170,12 +170,10 @@ def run(data_root: str | Path, rebuild_pools: bool = True) -> tuple[dict[IdSpace
     write_test_ids(data_root, ids)
     if rebuild_pools:
         root = datasets_dir(data_root)
-        slugs = [
-            s for s in ("retrieval_coco", "retrieval_flickr30k") if (root / LAYOUTS[s].features).is_dir()
-        ]
-        if slugs:
-            from training.datasets.retrieval import write_pools
+        from training.datasets.retrieval import retrieval_slugs, write_pools
 
+        slugs = [s for s in retrieval_slugs() if (root / LAYOUTS[s].features).is_dir()]
+        if slugs:
             write_pools(data_root, slugs)
     return ids, measure_shrink(data_root)
 

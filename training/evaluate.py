@@ -9,7 +9,6 @@ pre-filter alone and of two-stage search (pre-filter top K re-ranked by the trun
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from training.datasets import LoaderConfig, build_dataset, split_names
 from training.evaluation import evaluate_task
 from vilbert.checkpoint import load_checkpoint
+from vilbert.cli import ArgumentParser, run
 from vilbert.tasks import TASKS, get_task
 from vilbert.tokenizer import load_tokenizer
 
@@ -78,7 +78,7 @@ def two_stage_table(results: dict[str, dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m training.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path)
     parser.add_argument("--tasks", nargs="*", help="task slugs (default: the tasks it was trained on)")
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
@@ -118,4 +118,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

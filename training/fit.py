@@ -12,7 +12,6 @@ Runs under `torchrun` too (DistributedDataParallel; gloo on CPU, nccl on GPU).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
@@ -35,13 +34,15 @@ from training.optim import base_lr, build_optimizer, loss_scales, warmup_linear
 from training.step import PrefilterObjective, forward_loss, remap_task_ids
 from training.streams import TaskStream
 from vilbert.checkpoint import (
+    CONFIG_FILE,
     clean_checkpoint_dir,
     init_text_stream_from_hf_bert,
     load_checkpoint,
     save_checkpoint,
     save_rotating,
 )
-from vilbert.config import preset
+from vilbert.cli import ArgumentParser, run
+from vilbert.config import ViLBERTConfig, preset
 from vilbert.heads import MultiTaskViLBERT, with_prefilter
 from vilbert.tasks import TASKS, Endpoint, Head, Task, get_task, tasks_for_endpoint
 from vilbert.tokenizer import load_tokenizer, minilm_dir
@@ -159,7 +160,13 @@ class Trainer:
     def _build_data(self) -> None:
         cfg = self.cfg
         root = Path(cfg.data.root)
-        self.loader_cfg = loader_cfg = LoaderConfig.for_data_root(root, clean=cfg.data.clean)
+        widths = {}
+        if cfg.model.init_checkpoint:
+            # Answer targets as wide as the starting model's answer heads (a converted release or
+            # pretrained checkpoint has 3129 / 1533 outputs, whatever the data's vocabulary holds).
+            init_cfg = ViLBERTConfig.load(Path(cfg.model.init_checkpoint) / CONFIG_FILE)
+            widths = {"vqa_num_answers": init_cfg.num_answers, "gqa_num_answers": init_cfg.num_answers_gqa}
+        self.loader_cfg = loader_cfg = LoaderConfig.for_data_root(root, clean=cfg.data.clean, **widths)
         self.train_sets, self.val_sets, self.streams = {}, {}, {}
         for t in self.tasks:
             splits = split_names(t)
@@ -384,7 +391,7 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.fit", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m training.fit", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="YAML file (training/configs/*.yaml)")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/latest")
     parser.add_argument("--stop-after", type=int, help="stop after this global step (time-boxed runs)")
@@ -406,4 +413,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

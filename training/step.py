@@ -16,6 +16,7 @@ from torch import Tensor
 
 from training.datasets.example import Batch
 from training.metrics import gather_candidates
+from vilbert.contract import HEAD_IO
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.modeling import TextPrefix
 from vilbert.tasks import Head, Loss, Readout, Task
@@ -53,19 +54,14 @@ def task_logits(
             prefix, batch.region_features, batch.region_locations, batch.region_mask
         )
     b, p = batch.batch_size, batch.pairs_per_example
-    match task.head:
-        case Head.REGION:
-            logits = model.heads.region_logits(out.region_states, batch.region_mask)  # (N, R)
-            if task.readout is Readout.BEST_CANDIDATE:
-                assert batch.candidates is not None
-                return gather_candidates(logits, batch.candidates)  # (B, K)
-            return logits
-        case Head.PAIR:
-            return model.heads.pair_logits(out.fused.view(b, p, -1))  # (B, 2)
-        case Head.MATCH:
-            return model.heads.fused_logits(Head.MATCH, out.fused).view(b, p)  # (B, P)
-        case _:
-            return model.heads.fused_logits(task.head, out.fused)  # (B, C)
+    # Rows per example are its images (pair: regrouped into (B, 2) logits) or its options (match).
+    logits = model.head_logits(task.head, out, batch.region_mask, p)
+    if HEAD_IO[task.head].scalar:
+        return logits.view(b, p)  # one score per (text, image) row: (B, P)
+    if task.readout is Readout.BEST_CANDIDATE:  # (N, R) region logits -> (B, K) candidates
+        assert batch.candidates is not None
+        return gather_candidates(logits, batch.candidates)
+    return logits  # (B, C), or (N, R) region logits
 
 
 def task_loss(task: Task, logits: Tensor, batch: Batch) -> Tensor:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,6 +34,13 @@ from safetensors.torch import load_file, save_file
 
 from vilbert.config import ViLBERTConfig
 from vilbert.heads import MultiTaskViLBERT
+from vilbert.io import (
+    atomic_write_dir,
+    atomic_write_text,
+    check_state_dict,
+    load_state_dict_strict,
+    restore_interrupted_dir,
+)
 from vilbert.tasks import TASK_TABLE_VERSION, TASKS, as_dict
 
 FORMAT_VERSION = 1
@@ -192,13 +198,22 @@ def normalise_official_names(state: Mapping[str, torch.Tensor]) -> dict[str, tor
     return out
 
 
-def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """A PyTorch pickle loaded safely (`weights_only=True`); unwraps {'state_dict': ...}/{'model': ...}."""
+def read_torch_state_dict(path: str | Path, *, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """A PyTorch pickle loaded safely (`weights_only=True`); unwraps {'state_dict': ...}/{'model': ...}.
+
+    `mmap=True` maps the tensors' storage instead of reading it (names and shapes cost next to
+    nothing: the checks before a conversion); files in the pre-1.6 format are read in full.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+        except RuntimeError:
+            if not mmap:
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy format: no mmap
     except Exception as exc:  # the unpickler's own errors are cryptic; say what we expected
         raise CheckpointError(f"{path}: not a loadable PyTorch weights file ({exc})") from exc
     for wrapper in ("state_dict", "model"):
@@ -209,39 +224,48 @@ def read_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return obj
 
 
+def model_shapes(cfg: ViLBERTConfig) -> dict[str, tuple[int, ...]]:
+    """Our parameter names and shapes for `cfg`, from a model built on the meta device (no memory,
+    no initialisation: cheap even for `base`)."""
+    with torch.device("meta"):
+        model = MultiTaskViLBERT(cfg)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
 def convert_official_state_dict(
-    state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig
+    state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig, rules: list[KeyRule] | None = None
 ) -> dict[str, torch.Tensor]:
-    """Official names -> ours, strictly: every key present, none unexpected, every shape right."""
+    """Official names -> ours, strictly: every key present, none unexpected, every shape right.
+
+    `rules`: the key map (default `official_key_map(cfg)`); the pretrained import passes its own.
+    Keys a rule maps are returned; the caller decides whether the model needs more (`load_official`
+    needs every parameter, `load_pretrained` initialises the task tokens and heads itself).
+    """
     state = normalise_official_names(state)
-    rules = official_key_map(cfg)
-    expected = {name: tuple(t.shape) for name, t in MultiTaskViLBERT(cfg).state_dict().items()}
-    by_official = {r.official: r for r in rules}
-    missing = [r.official for r in rules if r.official not in state]
-    unexpected = [k for k in state if k not in by_official]
-    problems: list[str] = []
-    if missing:
-        problems.append(f"missing keys: {', '.join(missing[:10])}" + (" ..." if len(missing) > 10 else ""))
-    if unexpected:
-        problems.append(
-            f"unexpected keys: {', '.join(unexpected[:10])}" + (" ..." if len(unexpected) > 10 else "")
-        )
-    converted: dict[str, torch.Tensor] = {}
-    for rule in rules:
-        if rule.ours is None or rule.official not in state:
-            continue
-        tensor = state[rule.official]
-        want = expected[rule.ours]
-        if tuple(tensor.shape) != want:
-            problems.append(f"{rule.official}: shape {list(tensor.shape)}, expected {list(want)}")
-            continue
-        converted[rule.ours] = tensor.detach().to(torch.float32).clone()
-    if problems:
-        raise CheckpointError("official checkpoint does not match the model: " + "; ".join(problems))
-    uncovered = sorted(set(expected) - set(converted))
-    if uncovered:  # a bug in the key map, not in the user's file
-        raise CheckpointError(f"key map leaves model parameters unset: {', '.join(uncovered)}")
-    return converted
+    rules = official_key_map(cfg) if rules is None else rules
+    check_official_state_dict(state, cfg, rules)
+    return {
+        rule.ours: state[rule.official].detach().to(torch.float32).clone()
+        for rule in rules
+        if rule.ours is not None
+    }
+
+
+def check_official_state_dict(
+    state: Mapping[str, torch.Tensor], cfg: ViLBERTConfig, rules: list[KeyRule] | None = None
+) -> None:
+    """`convert_official_state_dict`'s checks without its copies: names and shapes only (for a
+    state dict memory-mapped from a release file, before the conversion itself).  One error names
+    every missing, unexpected or mis-shaped key; a dropped key's shape is not checked."""
+    state = normalise_official_names(state)
+    rules = official_key_map(cfg) if rules is None else rules
+    ours = model_shapes(cfg)
+    check_state_dict(
+        {r.official: None if r.ours is None else ours[r.ours] for r in rules},
+        state,
+        what="official checkpoint does not match the model",
+        error=CheckpointError,
+    )
 
 
 def to_official_state_dict(
@@ -256,9 +280,85 @@ def load_official(path: str | Path, cfg: ViLBERTConfig | None = None) -> MultiTa
     from vilbert.config import base
 
     cfg = cfg or base()
-    model = MultiTaskViLBERT(cfg)
-    model.load_state_dict(convert_official_state_dict(read_torch_state_dict(path), cfg), strict=True)
+    converted = convert_official_state_dict(read_torch_state_dict(path), cfg)
+    uncovered = sorted(set(model_shapes(cfg)) - set(converted))
+    if uncovered:  # a bug in the key map, not in the user's file
+        raise CheckpointError(f"key map leaves model parameters unset: {', '.join(uncovered)}")
+    # Every parameter comes from the file: build on the meta device and take the converted tensors
+    # (fresh float32 copies) as the parameters, instead of initialising 270M values to overwrite.
+    with torch.device("meta"):
+        model = MultiTaskViLBERT(cfg)
+    model.load_state_dict(converted, strict=True, assign=True)
     return model
+
+
+# ---------------------------------------------------------------------------------------------
+# The Conceptual Captions pretrained ViLBERT (the 12-in-1 starting point)
+# ---------------------------------------------------------------------------------------------
+
+# Official head modules of VILBertForVLTasks: absent from the pretrained BertForMultiModalPreTraining.
+_TASK_HEAD_PREFIXES = (
+    "vil_prediction.",
+    "vil_prediction_gqa.",
+    "vil_binary_prediction.",
+    "vil_logit.",
+    "vil_tri_prediction.",
+    "vision_logit.",
+    "linguisic_logit.",
+)
+TASK_TOKEN_PARAMETER = "trunk.text_embeddings.task.weight"
+
+
+def pretrained_key_map(cfg: ViLBERTConfig) -> list[KeyRule]:
+    """One rule per key of the released `pretrained_model.bin` (BertForMultiModalPreTraining, 533
+    keys for `base`): the trunk under its official names, the pretraining heads `cls.*` dropped by
+    name.  It has no task-token table (pretrained with task_specific_tokens=False) and no task heads."""
+    rules = []
+    for rule in official_key_map(cfg):
+        if rule.official.startswith(_TASK_HEAD_PREFIXES):
+            continue
+        if rule.official == "bert.embeddings.task_embeddings.weight":
+            continue
+        rules.append(rule)
+    return rules
+
+
+def fresh_pretrained_parameters(cfg: ViLBERTConfig) -> list[str]:
+    """Our parameters a pretrained import leaves at their initial values: the task-token table and
+    the six heads (and a pre-filter head when the config has one)."""
+    mapped = {r.ours for r in pretrained_key_map(cfg) if r.ours is not None}
+    return [name for name in model_shapes(cfg) if name not in mapped]
+
+
+def load_pretrained(
+    path: str | Path, cfg: ViLBERTConfig | None = None, seed: int = 0
+) -> tuple[MultiTaskViLBERT, list[str]]:
+    """The 12-in-1 starting point from the released `pretrained_model.bin`.
+
+    The trunk is imported strictly (every key of `pretrained_key_map` present, none unexpected, every
+    shape right; `cls.*` dropped by name); the task tokens and the six heads keep the initialisation
+    `MultiTaskViLBERT` gives them, which is the reference's `init_bert_weights` (N(0, 0.02) weights,
+    zero biases, unit LayerNorm), drawn from `seed`.  Returns the model and the fresh parameter names.
+    """
+    from vilbert.config import base
+
+    cfg = cfg or base()
+    state = read_torch_state_dict(path)
+    task_heads = sorted(k for k in normalise_official_names(state) if k.startswith(_TASK_HEAD_PREFIXES))
+    if task_heads:
+        raise CheckpointError(
+            f"{path}: has task-head keys ({', '.join(task_heads[:3])} ...): this is a multi-task model, "
+            "not the pretrained one; convert it with --official"
+        )
+    converted = convert_official_state_dict(state, cfg, pretrained_key_map(cfg))
+    fresh = fresh_pretrained_parameters(cfg)
+    torch.manual_seed(seed)
+    model = MultiTaskViLBERT(cfg)
+    result = model.load_state_dict(converted, strict=False)
+    if result.unexpected_keys or sorted(result.missing_keys) != sorted(fresh):  # a key-map bug
+        unset = sorted(set(result.missing_keys) - set(fresh))
+        raise CheckpointError(f"pretrained import left parameters unset: {unset} {result.unexpected_keys}")
+    return model, fresh
 
 
 # ---------------------------------------------------------------------------------------------
@@ -299,26 +399,20 @@ def init_text_stream_from_hf_bert(model: MultiTaskViLBERT, path: str | Path) -> 
     cfg = model.config
     state = read_hf_bert(path)
     rules = hf_bert_key_map(cfg)
-    missing = [r.official for r in rules if r.official not in state]
-    if missing:
-        raise CheckpointError(
-            f"{path}: BERT checkpoint lacks {', '.join(missing[:10])} "
-            f"(does it have {cfg.num_hidden_layers} layers?)"
-        )
-    known = {r.official for r in rules} | set(_HF_IGNORED)
-    extra_layers = sorted(k for k in state if k not in known)
-    if extra_layers:
-        raise CheckpointError(f"{path}: keys the text stream cannot take: {', '.join(extra_layers[:10])}")
     ours = model.state_dict()
+    check_state_dict(
+        {r.official: tuple(ours[r.ours].shape) for r in rules},
+        state,
+        what=f"{path}: BERT checkpoint does not fit the text stream",
+        ignore=_HF_IGNORED,
+        hint=f"the text stream has {cfg.num_hidden_layers} layers of width {cfg.hidden_size}",
+        error=CheckpointError,
+    )
     loaded: list[str] = []
     with torch.no_grad():
         for rule in rules:
-            src, dst = state[rule.official], ours[rule.ours]
-            if src.shape != dst.shape:
-                raise CheckpointError(
-                    f"{path}: {rule.official} has shape {list(src.shape)}, the model needs {list(dst.shape)}"
-                )
-            dst.copy_(src.to(dst.dtype))
+            dst = ours[rule.ours]
+            dst.copy_(state[rule.official].to(dst.dtype))
             loaded.append(rule.ours)
     return loaded
 
@@ -333,49 +427,6 @@ class Checkpoint:
     model: MultiTaskViLBERT
     answers: dict[str, list[str]] = field(default_factory=dict)  # vocabulary name -> answers
     meta: dict = field(default_factory=dict)
-
-
-def _atomic_write_dir(target: Path, write) -> None:
-    """Write a directory's content via `write(tmp_dir)` into a sibling temp dir, then swap it in."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        write(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        if target.exists():
-            os.replace(target, old)
-        os.replace(tmp, target)
-        _fsync_dir(target.parent)
-        if old.exists():
-            shutil.rmtree(old)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make renames inside `directory` durable (a crash after this keeps them)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Replace a small file (a pointer such as `latest`) atomically: temp file, fsync, rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def remove_checkpoint(path: Path) -> None:
@@ -430,21 +481,12 @@ def save_rotating(
     before), and every `prefix*` directory complete.
     """
     path = save_checkpoint(directory / tag, model, answers, meta, extra)
-    write_text_atomic(directory / "latest", tag)
+    atomic_write_text(directory / "latest", tag)
     kept = sorted(p for p in directory.glob(f"{prefix}*") if p.is_dir())
     for old in kept[: max(0, len(kept) - keep_last)]:
         if old.name != tag:
             remove_checkpoint(old)
     return path
-
-
-def _recover(target: Path) -> None:
-    """If a crash fell between the two renames of `_atomic_write_dir`, restore the old copy."""
-    if target.exists():
-        return
-    olds = sorted(target.parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime)
-    if olds:
-        os.replace(olds[-1], target)
 
 
 def save_checkpoint(
@@ -483,14 +525,14 @@ def save_checkpoint(
         for name, obj in (extra or {}).items():
             torch.save(obj, tmp / name)
 
-    _atomic_write_dir(path, write)
+    atomic_write_dir(path, write)
     return path
 
 
 def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
     """Load our format strictly; an error names any missing, unexpected or mis-shaped key."""
     path = Path(path)
-    _recover(path)
+    restore_interrupted_dir(path)  # a crash between the two renames of a replacement
     for name in (WEIGHTS_FILE, CONFIG_FILE):
         if not (path / name).is_file():
             raise FileNotFoundError(f"{path} is not a twelve-in-one checkpoint: {name} is missing")
@@ -502,20 +544,9 @@ def load_checkpoint(path: str | Path, map_location: str = "cpu") -> Checkpoint:
         )
     model = MultiTaskViLBERT(cfg)
     state = load_file(str(path / WEIGHTS_FILE), device=map_location)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = [
-        f"{k}: {list(state[k].shape)} vs {list(v.shape)}"
-        for k, v in expected.items()
-        if k in state and state[k].shape != v.shape
-    ]
-    if missing or unexpected or shapes:
-        raise CheckpointError(
-            f"{path}: weights do not match config.json — missing {missing[:5]}, "
-            f"unexpected {unexpected[:5]}, mis-shaped {shapes[:5]}"
-        )
-    model.load_state_dict(state, strict=True)
+    load_state_dict_strict(
+        model, state, what=f"{path}: weights do not match config.json", error=CheckpointError
+    )
     answers = {}
     if (path / ANSWERS_DIR).is_dir():
         for f in sorted((path / ANSWERS_DIR).glob("*.json")):

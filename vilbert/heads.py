@@ -1,6 +1,7 @@
 """The six task heads of the released checkpoint, and the multi-task model around the trunk.
 
-Twelve tasks share six head weight sets (vilbert/tasks.py `Head`):
+Twelve tasks share six head weight sets (vilbert/tasks.py `Head`); what each reads and the width of
+its logits are declared once, in vilbert/contract.py `HEAD_IO`:
 
     answer      MLP(fused)                 -> num_answers      VQA v2, VG QA
     answer_gqa  MLP(fused)                 -> num_answers_gqa  GQA
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vilbert.config import ViLBERTConfig
+from vilbert.contract import FUSED, HEAD_IO, REGION_STATES, HeadInput, head_feeds, model_logits
 from vilbert.modeling import MASK_VALUE, TextPrefix, TrunkOutput, ViLBERTTrunk, init_weights
 from vilbert.tasks import Head, Task
 
@@ -61,7 +63,7 @@ class RegionScorer(nn.Module):
 
 
 class TaskHeads(nn.Module):
-    """The six head weight sets; each method takes exactly what its head reads."""
+    """The six head weight sets, one attribute per `Head` (named by its value)."""
 
     def __init__(self, cfg: ViLBERTConfig) -> None:
         super().__init__()
@@ -75,28 +77,25 @@ class TaskHeads(nn.Module):
         self.pair = MLPClassifier(2 * bi, hidden, 2, eps)
         self.triple = nn.Linear(bi, 3)
 
-    def fused_logits(self, head: Head, fused: Tensor) -> Tensor:
-        """Heads that read the fused vector: (B, H_bi) -> (B, C); `match` gives (B,)."""
-        x = self.dropout(fused)
-        match head:
-            case Head.ANSWER:
-                return self.answer(x)
-            case Head.ANSWER_GQA:
-                return self.answer_gqa(x)
-            case Head.MATCH:
-                return self.match(x).squeeze(-1)
-            case Head.TRIPLE:
-                return self.triple(x)
-            case _:
-                raise ValueError(f"head {head} does not read a single fused vector")
+    def logits(self, head: Head, *inputs: Tensor) -> Tensor:
+        """`head`'s logits on the inputs `HEAD_IO[head]` declares, in its order, shaped as the head
+        graph's output: (B, C); (B, 1) for a scalar head; (B, R) for the per-region head.
 
-    def pair_logits(self, fused_pairs: Tensor) -> Tensor:
-        """(B, 2, H_bi): the fused vectors of (statement, image 0) and (statement, image 1) -> (B, 2)."""
-        x = self.dropout(fused_pairs)
-        return self.pair(x.reshape(x.shape[0], -1))
-
-    def region_logits(self, region_states: Tensor, region_mask: Tensor) -> Tensor:
-        return self.region(region_states, region_mask)
+        fused (B, H_bi) -> dropout -> layers; fused_pairs (B, I, H_bi) -> dropout -> the I vectors
+        side by side -> layers; region_states, region_mask -> `RegionScorer` (its own dropout, the mask).
+        """
+        layers = self.get_submodule(head.value)
+        match HEAD_IO[head].reads:
+            case HeadInput.REGIONS:
+                return layers(*inputs)
+            case HeadInput.FUSED_PAIRS:
+                (fused_pairs,) = inputs
+                x = self.dropout(fused_pairs)
+                return layers(x.reshape(x.shape[0], -1))
+            case HeadInput.FUSED:
+                (fused,) = inputs
+                return layers(self.dropout(fused))
+        raise ValueError(f"head {head} reads {HEAD_IO[head].reads}, which no layer takes")
 
 
 class PrefilterHead(nn.Module):
@@ -219,14 +218,15 @@ class MultiTaskViLBERT(nn.Module):
         )
         return HeadOutput(self.head_logits(task.head, out, region_mask, images), out)
 
-    def head_logits(self, head: Head, out: TrunkOutput, region_mask: Tensor, images: int = 1) -> Tensor:
-        match head:
-            case Head.REGION:
-                return self.heads.region_logits(out.region_states, region_mask)
-            case Head.PAIR:
-                return self.heads.pair_logits(out.fused.view(-1, images, out.fused.shape[-1]))
-            case _:
-                return self.heads.fused_logits(head, out.fused)
+    def head_logits(
+        self, head: Head, out: TrunkOutput, region_mask: Tensor, images: int | None = None
+    ) -> Tensor:
+        """`head` on the trunk's output over N = B x I rows (`images` = I, default the task table's),
+        fed as `vilbert.contract.head_feeds` says; logits in the model's convention (a scalar head's
+        are (N,))."""
+        trunk_out = {FUSED: out.fused, REGION_STATES: out.region_states}
+        feeds = head_feeds(head, trunk_out, region_mask, images)
+        return model_logits(head, self.heads.logits(head, *(feeds[n] for n in HEAD_IO[head].inputs)))
 
     def score_against_images(
         self,

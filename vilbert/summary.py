@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 from torch import nn
 
+from vilbert.cli import ArgumentParser, run
 from vilbert.config import PRESETS, ViLBERTConfig, preset
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import Head
@@ -44,7 +44,7 @@ def load_config(source: str) -> ViLBERTConfig:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m vilbert.summary", description=__doc__)
+    parser = ArgumentParser(prog="python -m vilbert.summary", description=__doc__)
     parser.add_argument("source", help="a preset name or a checkpoint directory")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
@@ -70,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

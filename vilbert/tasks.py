@@ -91,6 +91,8 @@ class Task:
     # (GuessWhat), and whether candidate boxes are mandatory (Visual7W points among given boxes).
     dialog: bool = False
     requires_candidates: bool = False
+    # The endpoint's default: what a request without a `dataset` field gets (one row per endpoint).
+    default: bool = False
 
 
 NLVR2_LABELS = ("False", "True")
@@ -113,6 +115,7 @@ TASKS: tuple[Task, ...] = (
         batch_size=128,
         answer_vocab="vqa",
         metric="vqa_soft_accuracy",
+        default=True,
     ),
     Task(
         "vg_qa",
@@ -163,6 +166,7 @@ TASKS: tuple[Task, ...] = (
         batch_size=128,
         num_candidates=4,
         metric="recall_at_k",
+        default=True,
     ),
     Task(
         "retrieval_flickr30k",
@@ -194,6 +198,7 @@ TASKS: tuple[Task, ...] = (
         101,
         batch_size=256,
         metric="grounding_accuracy",
+        default=True,
     ),
     Task(
         "refcoco_plus",
@@ -255,6 +260,7 @@ TASKS: tuple[Task, ...] = (
         101,
         labels=SNLI_VE_LABELS,
         batch_size=256,
+        default=True,
     ),
     Task(
         "gqa",
@@ -295,6 +301,8 @@ NUM_TASK_TOKENS = 20  # rows of the official task embedding; ids 1..17 are used
 
 _BY_SLUG = {t.slug: t for t in TASKS}
 _BY_ID = {t.task_id: t for t in TASKS}
+_DEFAULTS = {t.endpoint: t for t in TASKS if t.default}
+assert len(_DEFAULTS) == len(Endpoint) == sum(t.default for t in TASKS), "one default task per endpoint"
 
 
 def get_task(name: str | int) -> Task:
@@ -309,6 +317,16 @@ def get_task(name: str | int) -> Task:
 def tasks_for_endpoint(endpoint: Endpoint | str) -> tuple[Task, ...]:
     """Tasks served by one endpoint, in table order."""
     return tuple(t for t in TASKS if t.endpoint == Endpoint(endpoint))
+
+
+def default_task(endpoint: Endpoint | str) -> Task:
+    """The task a request to `endpoint` without a `dataset` field selects."""
+    return _DEFAULTS[Endpoint(endpoint)]
+
+
+def tasks_of_family(family: Family | str) -> tuple[Task, ...]:
+    """Tasks of one loader family, in table order."""
+    return tuple(t for t in TASKS if t.family == Family(family))
 
 
 def task_for_dataset(endpoint: Endpoint | str, dataset: str) -> Task:

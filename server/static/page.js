@@ -30,7 +30,7 @@ async function fillDatasets() {
   document.querySelectorAll("select[data-endpoint]").forEach((sel) => {
     const mine = rows.filter((t) => t.endpoint === sel.dataset.endpoint);
     sel.innerHTML = mine.map((t) => `<option value="${t.dataset}">${t.dataset}${hint(t)}</option>`).join("");
-    sel.value = sel.dataset.default || mine[0].dataset;
+    sel.value = (mine.find((t) => t.default) || mine[0]).dataset;  // the endpoint's default, from the table
   });
 }
 

@@ -173,10 +173,63 @@ def test_cli(live_url, png_path, capsys):
         "1,1,20,20",
     ]
     assert cli(args) == 0
-    assert cli(["--url", live_url, "verify", "two shapes", str(png_path), str(png_path)]) == 0
-    assert capsys.readouterr().out.split()[-2].startswith("False=")
-    assert cli(["--url", live_url, "retrieve", "a circle", str(png_path)]) == 0
+    assert cli(["--url", live_url, "verify", str(png_path), str(png_path), "two shapes"]) == 0
+    assert capsys.readouterr().out.split()[-2].startswith("False=")  # a pair: the server's NLVR2 task
+    assert cli(["--url", live_url, "--json", "verify", str(png_path), "a shape"]) == 0
+    assert json.loads(capsys.readouterr().out)["task"] == "snli_ve"
+    assert cli(["--url", live_url, "retrieve", str(png_path), str(png_path), "a circle", "--top-k", "1"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1
     assert cli(["--url", live_url, "tasks"]) == 0
-    assert "nlvr2" in capsys.readouterr().out
+    listing = capsys.readouterr().out
+    assert "nlvr2" in listing and " refcoco* " in listing and " refcocog " in listing
     assert cli(["--url", live_url, "vqa", str(png_path), "q", "--dataset", "gqa", "--top-k", "0"]) == 1
     assert "top_k" in capsys.readouterr().err
+
+
+def table_transport(seen: list[httpx.Request]):
+    """A server whose task table uses names the SDK cannot know: it must take them from GET /tasks."""
+    table = [
+        {"endpoint": "verify", "dataset": "pairs_x", "images_per_example": 2, "default": False},
+        {"endpoint": "verify", "dataset": "single_y", "images_per_example": 1, "default": True},
+        {"endpoint": "vqa", "dataset": "qa_z", "images_per_example": 1, "default": True},
+    ]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path == "/tasks":
+            return httpx.Response(200, json={"tasks": table})
+        body = json.loads(request.content)
+        if request.url.path == "/vqa":
+            return httpx.Response(200, json={"task": body.get("dataset", "qa_z"), "answers": []})
+        task = body.get("dataset", "single_y")
+        return httpx.Response(200, json={"task": task, "label": "yes", "scores": {"yes": 1.0}})
+
+    return handler
+
+
+def test_without_dataset_the_servers_default_applies():
+    seen: list[httpx.Request] = []
+    with Client("http://x", transport=httpx.MockTransport(table_transport(seen))) as c:
+        assert c.vqa(b"png", "what?").task == "qa_z"
+        assert "dataset" not in json.loads(seen[-1].content)  # the server's default, not the SDK's
+        assert c.vqa(b"png", "what?", dataset="other").task == "other"
+        assert c.verify([b"a", b"b"], "two").task == "pairs_x"  # the server's task for a pair
+        assert c.verify([b"a"], "one").task == "single_y"
+        assert c.verify([b"a", b"b", b"c"], "three").task == "single_y"  # none fits: the server answers
+        assert "dataset" not in json.loads(seen[-1].content)
+    assert [r.url.path for r in seen].count("/tasks") == 1  # the table is read once per client
+
+
+def test_async_verify_reads_the_servers_table():
+    seen: list[httpx.Request] = []
+    sync_handler = table_transport(seen)
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        return sync_handler(request)
+
+    async def go():
+        async with AsyncClient("http://x", transport=httpx.MockTransport(handler)) as c:
+            return [(await c.verify([b"a", b"b"], "two")).task, (await c.verify([b"a"], "one")).task]
+
+    assert asyncio.run(go()) == ["pairs_x", "single_y"]
+    assert [r.url.path for r in seen].count("/tasks") == 1

@@ -44,8 +44,9 @@ def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def build_tiny_inputs(root: Path) -> TinyInputs:
     """Synthetic world (small), a random-weight tiny checkpoint sized to it, a random detector."""
-    from regions.detector import build_detector, save_detector
+    from regions.detector import build_detector
     from regions.presets import SYNTHETIC, AttributeGroup
+    from regions.weights import save_detector
     from training.datasets import build_dataset
     from training.synthetic import generate_world
     from vilbert.checkpoint import save_checkpoint

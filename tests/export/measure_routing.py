@@ -21,10 +21,10 @@ import numpy as np
 
 from export.parity import task_inputs
 from export.runtime import OnnxGraphs
-from export.spec import LOGITS
 from export.triton_config import Deployment, ensemble_name, render_ensemble
-from server.triton import TritonServer
+from export.triton_server import TritonServer
 from tests.export.triton_calls import request, task_logits
+from vilbert.contract import LOGITS
 from vilbert.tasks import get_task
 
 

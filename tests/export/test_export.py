@@ -253,7 +253,7 @@ def test_a_repository_knows_when_it_is_stale(tiny_inputs, tiny_export, tmp_path,
     import shutil
 
     import export.repository as repository
-    from server import bootstrap
+    from bootstrap import pipeline as bootstrap
 
     assert repository.stale_reason(tiny_export.repository, tiny_inputs.checkpoint) is None
     other = tmp_path / "other-checkpoint"

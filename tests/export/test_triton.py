@@ -20,10 +20,10 @@ import torch
 
 from export.parity import FP32_TOLERANCE, task_inputs, torch_task_logits
 from export.runtime import OnnxGraphs
-from export.spec import DETECTOR_BACKBONE, DETECTOR_BOX_HEAD
-from server.triton import HOST, TritonServer, free_port, repository_models
+from export.triton_server import HOST, TritonServer, free_port, repository_models
 from tests.export.triton_calls import infer, request, task_logits
 from vilbert.checkpoint import load_checkpoint
+from vilbert.contract import DETECTOR_BACKBONE, DETECTOR_BOX_HEAD
 from vilbert.tasks import TASKS
 
 tritonclient_http = pytest.importorskip("tritonclient.http")
@@ -56,7 +56,7 @@ def test_every_task_through_triton_matches_pytorch(server, tiny_export):
 
 
 def test_detector_graphs_through_triton(server, tiny_export):
-    from regions.detector import load_detector
+    from regions.weights import load_detector
 
     graphs = OnnxGraphs.from_repository(tiny_export.repository)
     detector = load_detector(tiny_export.inputs.detector).eval()
@@ -134,7 +134,7 @@ def test_cli_starts_waits_for_every_model_and_stops_on_sigterm(tiny_export):
         [
             sys.executable,
             "-m",
-            "server.triton",
+            "export.triton_server",
             "--repository",
             str(tiny_export.repository),
             "--http-port",
@@ -198,7 +198,7 @@ def test_serve_never_leaves_tritonserver_behind(tiny_inputs, tiny_export, tmp_pa
     uvicorn's drain) or killing it with SIGKILL also ends tritonserver and its stubs."""
     port = free_port()
     code = (
-        "import sys; from pathlib import Path; from server.bootstrap import Paths, serve\n"
+        "import sys; from pathlib import Path; from bootstrap.pipeline import Paths, serve\n"
         "p = Paths(world=Path(sys.argv[1]), detector=Path(sys.argv[2]), checkpoint=Path(sys.argv[3]),"
         " repository=Path(sys.argv[4]), cache=Path(sys.argv[5]))\n"
         "serve(p, 'triton', '127.0.0.1', int(sys.argv[6]))\n"

@@ -16,8 +16,9 @@ pytestmark = pytest.mark.slow
 
 def test_triton_and_stub_sigkill_under_load(tiny_export):
     from bench.triton_faults import run_faults
-    from regions.detector import RegionExtractor, build_detector
-    from tests.server.fixtures import tiny_detector_preset
+    from regions.detector import build_detector
+    from regions.extractor import RegionExtractor
+    from testkit.tiny_gateway import tiny_detector_preset
 
     torch.manual_seed(0)
     extractor = RegionExtractor(build_detector(tiny_detector_preset()), batch_size=1)

@@ -10,8 +10,18 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from export.spec import FUSED, FUSED_PAIRS, LOGITS, REGION_STATES, ExportSpec, GraphSpec, wire_shape
-from vilbert.tasks import Head, Task
+from vilbert.contract import (
+    INPUT_IDS,
+    LOGITS,
+    REGION_MASK,
+    TASK_IDS,
+    ExportSpec,
+    GraphSpec,
+    head_feeds,
+    model_logits,
+    wire_shape,
+)
+from vilbert.tasks import Task
 
 
 def request(module, graph: GraphSpec, feeds: Mapping[str, np.ndarray]) -> tuple[list, list]:
@@ -41,28 +51,12 @@ def infer(client, module, graph: GraphSpec, feeds: Mapping[str, np.ndarray]) -> 
     return {t.name: result.as_numpy(t.name) for t in graph.outputs}
 
 
-def head_feeds(
-    task: Task, trunk_out: Mapping[str, np.ndarray], region_mask: np.ndarray
-) -> dict[str, np.ndarray]:
-    """What the task's head reads, from the trunk's outputs (NLVR2: rows regrouped per example)."""
-    match task.head:
-        case Head.REGION:
-            return {REGION_STATES: trunk_out[REGION_STATES], "region_mask": region_mask}
-        case Head.PAIR:
-            fused = trunk_out[FUSED]
-            return {FUSED_PAIRS: fused.reshape(-1, task.images_per_example, fused.shape[-1])}
-        case _:
-            return {FUSED: trunk_out[FUSED]}
-
-
 def task_logits(client, module, spec: ExportSpec, task: Task, feeds: Mapping[str, np.ndarray]) -> np.ndarray:
     """Trunk, then the task's head: two calls, as the repository's routes say."""
     route = spec.route_for(task)
     trunk_out = infer(
-        client, module, spec.trunk, {**feeds, "task_ids": np.full(len(feeds["input_ids"]), route.task_id)}
+        client, module, spec.trunk, {**feeds, TASK_IDS: np.full(len(feeds[INPUT_IDS]), route.task_id)}
     )
-    logits = infer(
-        client, module, spec.graph(route.head_model), head_feeds(task, trunk_out, feeds["region_mask"])
-    )
-    out = logits[LOGITS]
-    return out[:, 0] if task.head is Head.MATCH else out
+    head_in = head_feeds(task.head, trunk_out, feeds[REGION_MASK], route.images_per_example)
+    logits = infer(client, module, spec.graph(route.head_model), head_in)
+    return model_logits(task.head, logits[LOGITS])

@@ -7,17 +7,14 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from regions.detector import (
-    RegionExtractor,
-    build_detector,
-    detectron_cell_anchors,
-    load_detector,
-    preprocess,
-    save_detector,
-    select_regions,
-)
+from regions.detector import build_detector
+from regions.extractor import RegionExtractor
 from regions.inputs import region_inputs
 from regions.presets import VG_X152_FPN, SelectionSpec
+from regions.roi_heads import select_regions
+from regions.rpn import detectron_cell_anchors
+from regions.transform import preprocess
+from regions.weights import load_detector, save_detector
 from tests.regions.conftest import tiny_synthetic_preset
 
 

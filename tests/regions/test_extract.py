@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from regions.detector import RegionExtractor, build_detector, save_detector
+from regions.detector import build_detector
 from regions.extract import (
     extract_directory,
     extract_feature_jobs,
@@ -21,7 +21,9 @@ from regions.extract import (
     read_boxes,
     read_id_map,
 )
+from regions.extractor import RegionExtractor
 from regions.store import FeatureStore, FeatureStoreWriter, RegionRecord
+from regions.weights import save_detector
 from tests.regions.conftest import tiny_synthetic_preset
 
 

@@ -1,4 +1,9 @@
-"""maskrcnn-benchmark import: exact round trip, strictness naming keys, and the full X-152's structure."""
+"""maskrcnn-benchmark import: the released checkpoint's keys, exact round trip, strictness naming
+keys, and the full X-152's structure.
+
+The release tests build their checkpoint from the released file's own key list
+(`testkit/detectron_model_keys.txt`), not from the importer's key map.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from regions.detector import (
-    RegionExtractor,
-    build_detector,
-    count_parameters,
-    detectron_cell_anchors,
-    load_detector,
-)
+from regions.detector import build_detector, count_parameters
+from regions.extractor import RegionExtractor
 from regions.maskrcnn_import import (
     CheckpointMismatchError,
     checkpoint_key_map,
@@ -25,32 +25,85 @@ from regions.maskrcnn_import import (
     load_maskrcnn_benchmark_detector,
 )
 from regions.presets import VG_X152_FPN
+from regions.weights import load_detector
+from testkit.release_files import (
+    FORK_ATTRIBUTE_HEAD,
+    RELEASED_PARAMETERS,
+    RELEASED_PARAMETERS_WITH_ATTRIBUTES,
+    fake_detectron_checkpoint,
+    is_buffer,
+    released_detectron_shapes,
+)
 from tests.regions.conftest import tiny_bottleneck_preset
 
 
-def random_checkpoint(preset, seed: int = 0) -> dict[str, torch.Tensor]:
-    """maskrcnn-benchmark names and shapes, random values at init-like scales.
+def filled_with(t: torch.Tensor) -> set[float]:
+    """The values at a tensor's first and last positions (an "index" fake fills each with its key's
+    position in the key list; reading two elements avoids materialising a broadcast tensor)."""
+    t = t.detach()
+    return {float(t[(0,) * t.ndim]), float(t[(-1,) * t.ndim])}
 
-    Cell anchors are the real Detectron ones (a checkpoint stores what its generator computed); BN
-    variances are positive; other tensors are small so the random network still proposes boxes.
-    """
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, shape in expected_checkpoint_shapes(preset).items():
-        if "cell_anchors" in name:
-            level = int(name.rsplit(".", 1)[1])
-            stride, size = preset.rpn.anchor_strides[level], preset.rpn.anchor_sizes[level]
-            out[name] = detectron_cell_anchors(stride, size, preset.rpn.aspect_ratios)
-        elif name.endswith(("running_var", "bn1.weight", "bn2.weight", "bn3.weight", "downsample.1.weight")):
-            out[name] = torch.rand(shape, generator=g) + 0.5
+
+def test_released_key_list_is_the_documented_release() -> None:
+    shapes = released_detectron_shapes()
+    assert len(shapes) == 810
+    assert sum(math.prod(s) for k, s in shapes.items() if not is_buffer(k)) == RELEASED_PARAMETERS
+    with_attrs = {**shapes, **FORK_ATTRIBUTE_HEAD}
+    assert sum(math.prod(s) for k, s in with_attrs.items() if not is_buffer(k)) == (
+        RELEASED_PARAMETERS_WITH_ATTRIBUTES
+    )
+
+
+def test_key_map_is_the_released_checkpoints() -> None:
+    """Every name and shape of our map for vg-x152-fpn equals the released file's, in both variants."""
+    released = released_detectron_shapes()
+    assert expected_checkpoint_shapes(VG_X152_FPN.without_attributes()) == released
+    assert expected_checkpoint_shapes(VG_X152_FPN) == {**released, **FORK_ATTRIBUTE_HEAD}
+    assert count_checkpoint_parameters(VG_X152_FPN.without_attributes()) == RELEASED_PARAMETERS
+
+
+@pytest.mark.parametrize("ddp", [False, True], ids=["plain", "module-prefix"])
+def test_released_checkpoint_imports_every_key(tmp_path, ddp: bool) -> None:
+    """The release as saved (model + optimizer + scheduler + iteration, ATTR off): all 810 tensors
+    land, each in the tensor our map names for it, and the detector is built without attributes."""
+    path = tmp_path / "detectron_model.pth"
+    source = fake_detectron_checkpoint(path, ddp=ddp)
+    detector, report = load_maskrcnn_benchmark_detector(path, VG_X152_FPN)
+    assert sorted(m.source for m in report.loaded) == sorted(released_detectron_shapes())
+    assert report.other_entries == ["iteration", "optimizer", "scheduler"]
+    assert detector.attribute_head is None and detector.preset.attributes is None
+    assert any("no attribute head" in n for n in report.notes)
+    own = detector.state_dict()
+    assert len(own) == 810
+    position = {name: float(i) for i, name in enumerate(source)}
+    for m in report.loaded:
+        if "cell_anchors" in m.source:
+            assert torch.equal(own[m.target], source[m.source]), m.source
         else:
-            out[name] = torch.randn(shape, generator=g) * 0.02
-    return out
+            assert filled_with(own[m.target]) == {position[m.source]}, m.source
+    assert count_parameters(detector) == RELEASED_PARAMETERS
+    assert detector.backbone.body.bn1.eps == 0.0  # maskrcnn-benchmark's FrozenBatchNorm2d: no epsilon
 
 
-def save(path, state, **extra) -> str:
-    torch.save({"model": state, "iteration": 90000, **extra}, path)
-    return str(path)
+def test_released_checkpoint_with_the_forks_attribute_head(tmp_path) -> None:
+    path = tmp_path / "model_final.pth"
+    source = fake_detectron_checkpoint(path, attribute_head=True)
+    detector, report = load_maskrcnn_benchmark_detector(path, VG_X152_FPN)
+    assert len(report.loaded) == 815 and not report.notes
+    assert detector.attribute_head is not None
+    position = {name: float(i) for i, name in enumerate(source)}
+    head = detector.attribute_head
+    assert tuple(head.cls_embed.weight.shape) == (1601, 256)
+    assert filled_with(head.cls_embed.weight) == {position["roi_heads.box.predictor.cls_embed.weight"]}
+    assert filled_with(head.attr_linear2.bias) == {position["roi_heads.box.predictor.attr_linear2.bias"]}
+    assert count_parameters(detector) == RELEASED_PARAMETERS_WITH_ATTRIBUTES
+
+
+def test_load_detector_reads_the_release_with_the_default_preset(tmp_path) -> None:
+    path = tmp_path / "detectron_model.pth"
+    fake_detectron_checkpoint(path)
+    detector = load_detector(path)
+    assert detector.preset.name == VG_X152_FPN.name and not detector.training
 
 
 def test_key_map_matches_the_model_exactly() -> None:
@@ -63,18 +116,23 @@ def test_key_map_matches_the_model_exactly() -> None:
 
 
 def test_round_trip_is_exact(tmp_path) -> None:
+    """A small X-FPN that runs: random tensors in, the same tensors out, bit for bit.
+
+    No released file has this preset's shapes, so its names and shapes are the map's own; that the
+    map generates the release's names is `test_key_map_is_the_released_checkpoints`."""
     preset = tiny_bottleneck_preset()
-    source = random_checkpoint(preset)
-    detector, report = load_maskrcnn_benchmark_detector(save(tmp_path / "model_final.pth", source), preset)
-    assert report.other_entries == ["iteration"] and not report.notes
+    path = tmp_path / "model_final.pth"
+    source = fake_detectron_checkpoint(
+        path, expected_checkpoint_shapes(preset), values="random", rpn=preset.rpn
+    )
+    detector, report = load_maskrcnn_benchmark_detector(path, preset)
+    assert report.other_entries == ["iteration", "optimizer", "scheduler"] and not report.notes
     assert len(report.loaded) == len(source)
     own = detector.state_dict()
     for m in report.loaded:  # every tensor arrived, bit for bit
         assert torch.equal(own[m.target], source[m.source]), m.source
     back = export_maskrcnn_benchmark_state_dict(detector)
     assert back.keys() == source.keys() and all(torch.equal(back[k], source[k]) for k in source)
-    # maskrcnn-benchmark's FrozenBatchNorm2d has no epsilon.
-    assert detector.backbone.body.bn1.eps == 0.0
     # The imported detector runs, with the checkpoint's own cell anchors.
     assert torch.equal(
         detector.rpn.anchor_generator.cell_anchors[0], source["rpn.anchor_generator.cell_anchors.0"]
@@ -85,69 +143,81 @@ def test_round_trip_is_exact(tmp_path) -> None:
     assert set(regions.attributes) == {"attribute"}
 
 
-def test_load_detector_dispatches_pth_to_the_importer(tmp_path) -> None:
-    preset = tiny_bottleneck_preset()
-    path = save(tmp_path / "detectron_model.pth", random_checkpoint(preset))
-    assert load_detector(path, preset).preset.name == "tiny-x-fpn"
+def _without(name: str):
+    return lambda shapes: shapes.pop(name)
 
 
 @pytest.mark.parametrize(
-    "mutate,words",
+    "attribute_head,mutate,words",
     [
         (
-            lambda sd: sd.pop("backbone.body.layer3.1.conv2.weight"),
+            False,
+            _without("backbone.body.layer3.1.conv2.weight"),
             "missing keys: backbone.body.layer3.1.conv2.weight",
         ),
         (
-            lambda sd: sd.__setitem__("backbone.body.layer5.0.conv1.weight", torch.zeros(1)),
+            False,
+            lambda shapes: shapes.__setitem__("backbone.body.layer5.0.conv1.weight", (1,)),
             "unexpected keys: backbone.body.layer5.0.conv1.weight",
         ),
         (
-            lambda sd: sd.__setitem__("roi_heads.box.predictor.cls_score.weight", torch.zeros(6, 32)),
-            "roi_heads.box.predictor.cls_score.weight has shape (6, 32), expected (5, 32)",
+            False,
+            lambda shapes: shapes.__setitem__("roi_heads.box.predictor.cls_score.weight", (1600, 2048)),
+            "mis-shaped keys: roi_heads.box.predictor.cls_score.weight has shape [1600, 2048], "
+            "expected [1601, 2048]",
         ),
         (
-            lambda sd: sd.__setitem__(
-                "backbone.fpn.fpn_inner9.weight", sd.pop("backbone.fpn.fpn_inner4.weight")
+            False,
+            lambda shapes: shapes.__setitem__(
+                "backbone.fpn.fpn_inner9.weight", shapes.pop("backbone.fpn.fpn_inner4.weight")
             ),
-            "missing keys: backbone.fpn.fpn_inner4.weight",
+            "missing keys: backbone.fpn.fpn_inner4.weight; unexpected keys: backbone.fpn.fpn_inner9.weight",
         ),
         (
-            lambda sd: sd.pop("roi_heads.box.predictor.attr_linear2.bias"),
+            True,
+            _without("roi_heads.box.predictor.attr_linear2.bias"),
             "part of the attribute head: missing keys: roi_heads.box.predictor.attr_linear2.bias",
         ),
     ],
     ids=["missing", "unexpected", "misshaped", "renamed", "partial-attributes"],
 )
-def test_strictness_names_the_key(tmp_path, mutate, words: str) -> None:
-    preset = tiny_bottleneck_preset()
-    source = random_checkpoint(preset)
-    mutate(source)
+def test_strictness_names_the_key(tmp_path, attribute_head: bool, mutate, words: str) -> None:
+    shapes = released_detectron_shapes()
+    if attribute_head:
+        shapes.update(FORK_ATTRIBUTE_HEAD)
+    mutate(shapes)
+    path = tmp_path / "bad.pth"
+    fake_detectron_checkpoint(path, shapes)
     with pytest.raises(CheckpointMismatchError) as info:
-        load_maskrcnn_benchmark_detector(save(tmp_path / "bad.pth", source), preset)
+        load_maskrcnn_benchmark_detector(path, VG_X152_FPN)
     assert words in str(info.value)
 
 
-def test_checkpoint_without_attribute_head_builds_without_one(tmp_path) -> None:
-    source = random_checkpoint(tiny_bottleneck_preset(with_attributes=False))
-    detector, report = load_maskrcnn_benchmark_detector(
-        save(tmp_path / "m.pth", source), tiny_bottleneck_preset()
-    )
-    assert detector.attribute_head is None and detector.preset.attributes is None
-    assert any("no attribute head" in n for n in report.notes)
+def test_strictness_names_every_key(tmp_path) -> None:
+    """One error for all the problems of a file, not just the first."""
+    shapes = released_detectron_shapes()
+    gone = [k for k in shapes if k.startswith("backbone.body.layer4.2.")]
+    for k in gone:
+        del shapes[k]
+    shapes["rpn.head.conv.weight"] = (256, 512, 3, 3)
+    path = tmp_path / "bad.pth"
+    fake_detectron_checkpoint(path, shapes)
+    with pytest.raises(CheckpointMismatchError) as info:
+        load_maskrcnn_benchmark_detector(path, VG_X152_FPN)
+    message = str(info.value)
+    assert len(gone) == 15 and all(k in message for k in gone)
+    assert "rpn.head.conv.weight has shape [256, 512, 3, 3], expected [512, 512, 3, 3]" in message
 
 
 def test_ddp_prefix_all_or_nothing(tmp_path) -> None:
-    preset = tiny_bottleneck_preset()
-    source = random_checkpoint(preset)
-    prefixed = {f"module.{k}": v for k, v in source.items()}
-    detector, _ = load_maskrcnn_benchmark_detector(save(tmp_path / "ddp.pth", prefixed), preset)
-    assert torch.equal(
-        detector.state_dict()["backbone.body.conv1.weight"], source["backbone.body.stem.conv1.weight"]
-    )
-    prefixed["backbone.body.stem.conv1.weight"] = prefixed.pop("module.backbone.body.stem.conv1.weight")
+    path = tmp_path / "ddp.pth"
+    fake_detectron_checkpoint(path, ddp=True)
+    saved = torch.load(path, weights_only=True)
+    model = saved["model"]
+    model["backbone.body.stem.conv1.weight"] = model.pop("module.backbone.body.stem.conv1.weight")
+    torch.save(saved, tmp_path / "mixed.pth")
     with pytest.raises(CheckpointMismatchError, match="only some keys"):
-        load_maskrcnn_benchmark_detector(save(tmp_path / "mixed.pth", prefixed), preset)
+        load_maskrcnn_benchmark_detector(tmp_path / "mixed.pth", VG_X152_FPN)
 
 
 class _Payload:
@@ -160,7 +230,7 @@ def test_pickles_that_run_code_are_refused(tmp_path) -> None:
     with open(path, "wb") as f:
         pickle.dump({"model": {"x": _Payload()}}, f, protocol=2)
     with pytest.raises(pickle.UnpicklingError):
-        load_maskrcnn_benchmark_detector(path, tiny_bottleneck_preset())
+        load_maskrcnn_benchmark_detector(path, VG_X152_FPN)
 
 
 def test_vg_x152_fpn_structure_on_the_meta_device() -> None:

@@ -8,8 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from regions.decode import decode_file
-from regions.detector import RegionExtractor, load_detector
+from regions.extractor import RegionExtractor
 from regions.train import WEIGHTS_NAME, TrainConfig, read_instances, train
+from regions.weights import load_detector
 from tests.regions.scenes import COLORS, SHAPES, SIZES
 
 

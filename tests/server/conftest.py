@@ -13,7 +13,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from tests.server.fixtures import build_tiny_checkpoint, scene_png, tiny_components, tiny_settings
+from testkit.tiny_gateway import build_tiny_checkpoint, scene_png, tiny_components, tiny_settings
 
 
 @pytest.fixture(autouse=True)
@@ -32,8 +32,19 @@ def components(tiny_checkpoint: Path):
 
 
 @pytest.fixture(scope="session")
-def app(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, components):
-    return create_app(tiny_settings(tmp_path_factory.mktemp("srv"), tiny_checkpoint), components)
+def examples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The page's example images as `make serve` renders them at build time."""
+    from training.synthetic.examples import write_examples
+
+    out = tmp_path_factory.mktemp("examples")
+    write_examples(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def app(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, components, examples_dir: Path):
+    settings = tiny_settings(tmp_path_factory.mktemp("srv"), tiny_checkpoint, examples_dir=examples_dir)
+    return create_app(settings, components)
 
 
 @pytest.fixture(scope="session")

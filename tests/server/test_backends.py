@@ -1,7 +1,7 @@
 """The `local` (onnxruntime) and `triton` backends give the torch backend's answers.
 
 The local backend runs the tiny model's graphs exported by `export.graphs` (the export package's own
-code, to the names of export/spec.py).  The triton backend is exercised through a stand-in client
+code, to the names of vilbert/contract.py).  The triton backend is exercised through a stand-in client
 that decodes tritonclient's binary tensors and runs the torch graphs; a run against the real bundled
 tritonserver needs the exported Triton repository and is not part of this suite.
 """
@@ -19,7 +19,7 @@ from server.app import create_app
 from server.backend import BackendError, OnnxBackend, TorchBackend, graph_names, optional_graph_names
 from server.loading import Components
 from server.triton_backend import TritonBackend
-from tests.server.fixtures import b64, scene_png, task_body, tiny_settings
+from testkit.tiny_gateway import b64, scene_png, task_body, tiny_settings
 from vilbert.checkpoint import load_checkpoint
 from vilbert.tasks import TASKS
 
@@ -27,7 +27,7 @@ from vilbert.tasks import TASKS
 @pytest.fixture(scope="session")
 def onnx_repo(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Path:
     from export.graphs import export_onnx, graph_module
-    from export.spec import build_spec
+    from vilbert.contract import build_spec
 
     torch.set_num_threads(1)
     model = load_checkpoint(tiny_checkpoint).model.eval()
@@ -115,7 +115,7 @@ class FakeTritonClient:
         self.ranks: dict[str, int] = {}
 
     def get_model_metadata(self, model: str) -> dict:
-        from export.spec import build_spec
+        from vilbert.contract import build_spec
 
         graph = build_spec(self.backend.model.config).graph(model)
         self.ranks.update({t.name: len(t.shape) for t in graph.inputs})

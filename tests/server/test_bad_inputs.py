@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bench.bad_inputs import cases
-from tests.server.fixtures import scene_png, tiny_settings
+from testkit.tiny_gateway import scene_png, tiny_settings
 
 _SETTINGS = tiny_settings(Path("/nonexistent"), None)  # only its limits are read
 CASES = cases(scene_png(0), max_body=_SETTINGS.max_body_bytes, max_text=_SETTINGS.max_text_chars)

@@ -8,7 +8,7 @@ import zlib
 
 import pytest
 
-from tests.server.fixtures import b64
+from testkit.tiny_gateway import b64
 
 
 def err(r, status: int, field: str | None = None) -> dict:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.backend import BackendError, graph_names
 from server.loading import Components
-from tests.server.fixtures import b64, tiny_settings
+from testkit.tiny_gateway import b64, tiny_settings
 
 
 class SlowBackend:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server.fixtures import VQA_ANSWERS
+from testkit.tiny_gateway import VQA_ANSWERS
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")]

@@ -16,7 +16,7 @@ from bench.load import free_port, run_load, served
 from bench.schema_fuzz import fuzz
 from server.app import create_app
 from server.loading import Components
-from tests.server.fixtures import b64, tiny_settings
+from testkit.tiny_gateway import b64, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 

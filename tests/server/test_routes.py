@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.server.fixtures import CANDIDATES, VQA_ANSWERS, b64, task_body
+from testkit.tiny_gateway import CANDIDATES, VQA_ANSWERS, b64, task_body
 from vilbert.tasks import TASKS, Endpoint, Readout
 
 
@@ -107,6 +107,18 @@ def test_meta_routes(client):
     assert all(ready.json()["models"].values())
     tasks = client.get("/tasks").json()["tasks"]
     assert len(tasks) == 12 and {t["endpoint"] for t in tasks} == {e.value for e in Endpoint}
+    defaults = {t["endpoint"]: t["dataset"] for t in tasks if t["default"]}
+    assert defaults == {"vqa": "vqa", "ground": "refcoco", "retrieve": "coco", "verify": "snli_ve"}
+
+
+def test_a_request_without_dataset_gets_the_tables_default(client, pngs):
+    """The schemas take each endpoint's default from the task table."""
+    image = b64(pngs[0])
+    assert client.post("/vqa", json={"image": image, "question": "what?"}).json()["task"] == "vqa"
+    assert client.post("/ground", json={"image": image, "expression": "x"}).json()["task"] == "refcoco"
+    retrieve = client.post("/retrieve", json={"caption": "a circle", "images": [image]})
+    assert retrieve.json()["task"] == "retrieval_coco"
+    assert client.post("/verify", json={"images": [image], "statement": "x"}).json()["task"] == "snli_ve"
 
 
 def test_metrics_count_tasks_stages_and_cache(client, pngs):

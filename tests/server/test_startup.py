@@ -8,12 +8,13 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from regions.detector import build_detector, save_detector
-from server import bootstrap
+from bootstrap import pipeline as bootstrap
+from regions.detector import build_detector
+from regions.weights import save_detector
 from server.__main__ import parse_settings
 from server.app import create_app
 from server.settings import BackendKind, Settings
-from tests.server.fixtures import b64, tiny_detector_preset
+from testkit.tiny_gateway import b64, tiny_detector_preset
 
 
 def test_settings_from_environment(monkeypatch):
@@ -61,6 +62,7 @@ def test_bootstrap_skips_finished_steps(tmp_path, monkeypatch, capsys):
         checkpoint=tmp_path / "runs" / "model",
         repository=tmp_path / "repo",
         cache=tmp_path / "cache",
+        examples=tmp_path / "examples",
     )
     monkeypatch.setattr(bootstrap, "ROOT", tmp_path)
     monkeypatch.setattr(bootstrap, "STAMPS", tmp_path / "stamps")
@@ -71,7 +73,7 @@ def test_bootstrap_skips_finished_steps(tmp_path, monkeypatch, capsys):
     calls: list[list[str]] = []
     monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
     bootstrap.build(p)
-    assert calls == [] and capsys.readouterr().out.count(": ready") == 6
+    assert calls == [] and capsys.readouterr().out.count(": ready") == 7
     # Every input training reads is built before it: the retrieval loaders need the negative pools.
     modules = [step.command[2] for step in bootstrap.steps(p)]
     assert modules.index("training.datasets.retrieval") < modules.index("training.fit")
@@ -94,7 +96,11 @@ def test_make_serve_runs_model_calls_concurrently(monkeypatch):
 
 def test_bootstrap_stops_on_failure(tmp_path, monkeypatch):
     p = bootstrap.Paths(
-        world=tmp_path / "w", detector=tmp_path / "d", checkpoint=tmp_path / "c", repository=tmp_path / "r"
+        world=tmp_path / "w",
+        detector=tmp_path / "d",
+        checkpoint=tmp_path / "c",
+        repository=tmp_path / "r",
+        examples=tmp_path / "e",
     )
     monkeypatch.setattr(bootstrap, "ROOT", tmp_path)
     monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: 3)

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.backend import OnnxBackend
 from server.loading import Components
-from tests.server.fixtures import task_body, tiny_settings
+from testkit.tiny_gateway import task_body, tiny_settings
 from tests.server.test_backends import assert_same_answer
 from vilbert.tasks import TASKS
 
@@ -36,7 +36,7 @@ def exported(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) ->
 
 
 def test_triton_and_local_answer_like_torch(exported, components, tmp_path, tiny_checkpoint, pngs):
-    from server.triton import TritonServer
+    from export.triton_server import TritonServer
     from server.triton_backend import TritonBackend
 
     def client(backend, name: str) -> TestClient:

@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 from server.app import create_app
 from server.backend import TorchBackend
 from server.loading import Components
-from tests.server.fixtures import b64, scene_png, tiny_settings
+from testkit.tiny_gateway import b64, scene_png, tiny_settings
 from vilbert.checkpoint import load_checkpoint
 from vilbert.heads import MultiTaskViLBERT
 

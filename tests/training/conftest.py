@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.training.fixtures import FIXTURE_CONFIG, build_reference_fixture
+from testkit.reference_datasets import FIXTURE_CONFIG, build_reference_fixture
 from training.datasets import LoaderConfig
 
 

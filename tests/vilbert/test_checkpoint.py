@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from testkit.release_files import OFFICIAL_KEYS_FILE
 from tests.vilbert.official_reference import random_official_state_dict
 from vilbert.checkpoint import (
     CheckpointError,
@@ -23,8 +24,8 @@ from vilbert.convert import main as convert_main
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tokenizer import load_tokenizer, minilm_dir
 
-# The official key list, embedded so the tests do not depend on the shared folder being present.
-_VENDORED_KEYS = Path(__file__).with_name("official_state_dict_keys.txt")
+# The official key list, packaged with the fixtures so the tests do not depend on the shared folder.
+_VENDORED_KEYS = OFFICIAL_KEYS_FILE
 
 
 def official_keys() -> list[tuple[str, tuple[int, ...]]]:
@@ -114,7 +115,7 @@ def test_convert_cli_round_trip_tiny(tiny_official, tmp_path):
         ),
         (
             lambda s: s.__setitem__("vil_tri_prediction.weight", torch.zeros(4, 32)),
-            r"vil_tri_prediction.weight: shape \[4, 32\], expected \[3, 32\]",
+            r"mis-shaped keys: vil_tri_prediction.weight has shape \[4, 32\], expected \[3, 32\]",
         ),
     ],
     ids=["missing", "renamed", "reshaped"],

@@ -8,12 +8,15 @@ import pytest
 from vilbert.tasks import (
     TASKS,
     Endpoint,
+    Family,
     Head,
     Loss,
     Readout,
+    default_task,
     get_task,
     task_for_dataset,
     tasks_for_endpoint,
+    tasks_of_family,
 )
 
 OFFICIAL_IDS = {1, 2, 4, 7, 8, 9, 10, 11, 12, 13, 15, 17}
@@ -65,6 +68,24 @@ def test_endpoints_cover_every_task_once():
     assert task_for_dataset(Endpoint.RETRIEVE, "flickr30k").task_id == 8
     with pytest.raises(KeyError, match="expected one of: vqa, vg_qa, gqa"):
         task_for_dataset("vqa", "coco")
+
+
+def test_one_default_dataset_per_endpoint():
+    """The table is the only place that says what a request without `dataset` gets."""
+    defaults = {e: [t.dataset for t in tasks_for_endpoint(e) if t.default] for e in Endpoint}
+    assert defaults == {
+        Endpoint.VQA: ["vqa"],
+        Endpoint.GROUND: ["refcoco"],
+        Endpoint.RETRIEVE: ["coco"],
+        Endpoint.VERIFY: ["snli_ve"],
+    }
+    assert all(default_task(e).dataset == d for e, (d,) in defaults.items())
+    assert default_task("verify") is get_task("snli_ve")
+
+
+def test_tasks_of_a_family():
+    assert [t.slug for t in tasks_of_family(Family.RETRIEVAL)] == ["retrieval_coco", "retrieval_flickr30k"]
+    assert sum(len(tasks_of_family(f)) for f in Family) == 12
 
 
 def test_lookup_by_slug_or_id_and_clear_errors():

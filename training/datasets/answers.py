@@ -21,6 +21,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vilbert.safe_pickle import load_pickle
+
 NUMBER_WORDS = {
     "none": "0",
     "zero": "0",
@@ -289,8 +291,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if (root / "gqa" / "train_balanced_questions.json").is_file():
         print(f"GQA: {build_gqa_cache(root / 'gqa')} answers")
     if (root / "visual_genome" / "question_answers.json").is_file():
-        with (root / "VQA" / "cache" / "trainval_ans2label.pkl").open("rb") as f:
-            vocab = pickle.load(f)
+        vocab = load_pickle(root / "VQA" / "cache" / "trainval_ans2label.pkl")  # restricted unpickler
         n_vg = build_vg_qa_cache(root / "visual_genome", vocab)
         print(f"VG QA: {n_vg} questions with an in-vocabulary answer")
 

@@ -53,13 +53,12 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def read_pickle(path: Path) -> Any:
-    import pickle
+def read_pickle(path: Path, *, numpy: bool = False) -> Any:
+    """A reference cache pickle, read with the restricted unpickler (`vilbert.safe_pickle`): plain
+    lists, dicts, strings and numbers only (plus numpy arrays with `numpy=True`); no code runs."""
+    from vilbert.safe_pickle import load_pickle
 
-    if not path.is_file():
-        raise FileNotFoundError(f"file not found: {path}")
-    with path.open("rb") as f:
-        return pickle.load(f)
+    return load_pickle(path, numpy=numpy)
 
 
 class TaskDataset(Dataset[Example], Generic[E]):

@@ -26,6 +26,7 @@ from training.datasets.config import LoaderConfig
 from training.datasets.example import Example
 from training.datasets.layout import LAYOUTS, Source, TaskLayout, datasets_dir
 from training.datasets.regions import RegionSource, plain_rows, stack_pairs
+from vilbert.tasks import Family, tasks_of_family
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ class RetrievalDataset(_RetrievalBase):
                 f"hard-negative pool not found: {path}; build it with "
                 f"`python -m training.datasets.retrieval --data-root {self.data_root}`"
             )
-        pool = read_pickle(path)
+        pool = read_pickle(path, numpy=True)  # the reference pool holds numpy arrays
         listed = [str(int(i)) for i in pool["train_image_list"]]
         row_of = {img: r for r, img in enumerate(listed)}
         missing = [i for i in self.images if i not in row_of]
@@ -264,13 +265,20 @@ def build_hard_negative_pool(source: RegionSource, image_ids: Sequence[str], k: 
     return {"train_image_list": ids, "train_hard_pool": neighbours}
 
 
+def retrieval_slugs() -> tuple[str, ...]:
+    """The retrieval tasks of the task table (the ones with hard-negative pools)."""
+    return tuple(t.slug for t in tasks_of_family(Family.RETRIEVAL))
+
+
 def write_pools(
     data_root: str | Path,
-    slugs: Sequence[str] = ("retrieval_coco", "retrieval_flickr30k"),
+    slugs: Sequence[str] | None = None,
     k: int | None = None,
 ) -> dict[str, tuple[int, int]]:
     """Write `hard_negative.pkl` (all training images) and, when the clean-split ids exist,
-    `hard_negative_cleaned.pkl` (the cleaned list) for each retrieval task.  Returns image counts."""
+    `hard_negative_cleaned.pkl` (the cleaned list) for each retrieval task (default: all of them).
+    Returns image counts."""
+    slugs = retrieval_slugs() if slugs is None else slugs
     root = datasets_dir(data_root)
     cfg = LoaderConfig.for_data_root(data_root)
     k = cfg.hard_negative_pool if k is None else k
@@ -300,10 +308,10 @@ def write_pools(
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Build the retrieval hard-negative pools from features.")
     parser.add_argument("--data-root", required=True, type=Path)
-    parser.add_argument("--task", action="append", choices=["retrieval_coco", "retrieval_flickr30k"])
+    parser.add_argument("--task", action="append", choices=retrieval_slugs())
     parser.add_argument("--k", type=int, default=None, help="neighbours per image (reference 100)")
     args = parser.parse_args(argv)
-    counts = write_pools(args.data_root, args.task or ("retrieval_coco", "retrieval_flickr30k"), args.k)
+    counts = write_pools(args.data_root, args.task, args.k)
     for slug, (n, cleaned) in counts.items():
         extra = f", cleaned pool on {cleaned}" if cleaned >= 0 else " (no clean-split ids yet)"
         print(f"{slug}: pool on {n} training images{extra}")

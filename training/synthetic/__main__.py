@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import shutil
 import time
@@ -15,6 +14,7 @@ from training.clean_split import Shrink, format_shrink
 from training.clean_split import run as run_clean_split
 from training.synthetic.summary import TaskSummary, format_summary, summarise, write_summary
 from training.synthetic.world import WORLD_SIZES, WorldWriter
+from vilbert.cli import ArgumentParser, run
 
 
 def build(
@@ -61,7 +61,10 @@ def build(
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Write the synthetic 12-task world in the official formats.")
+    parser = ArgumentParser(
+        prog="python -m training.synthetic",
+        description="Write the synthetic 12-task world in the official formats.",
+    )
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--size", default="small", choices=sorted(WORLD_SIZES))
     parser.add_argument("--seed", type=int, default=0)
@@ -84,4 +87,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -31,6 +31,7 @@ from training.datasets.answers import build_gqa_cache, build_vg_qa_cache, build_
 from training.datasets.retrieval import TEST_FILE, TRAIN_FILE
 from training.synthetic import language as lang
 from training.synthetic.scene import COLOURS, SHAPES, SIZES, Scene, SceneSampler, save
+from vilbert.safe_pickle import load_pickle
 
 
 @dataclass(frozen=True)
@@ -318,8 +319,8 @@ class WorldWriter:
             )
         _dump_json(images, d / "question_answers.json")
         _dump_json(image_data, d / "image_data.json")
-        with (self.data / "VQA" / "cache" / "trainval_ans2label.pkl").open("rb") as f:
-            build_vg_qa_cache(d, pickle.load(f))  # VQA and VG QA share the answer vocabulary
+        # VQA and VG QA share the answer vocabulary (read back with the restricted unpickler).
+        build_vg_qa_cache(d, load_pickle(self.data / "VQA" / "cache" / "trainval_ans2label.pkl"))
         self.loader_config["vg_val_size"] = max(1, qa_id // 8)
 
     # -- retrieval ---------------------------------------------------------------------------------

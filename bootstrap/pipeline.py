@@ -1,7 +1,9 @@
-"""`python -m server.bootstrap`: what `make serve` runs.  Build the demo model if missing, then serve.
+"""`python -m bootstrap`: what `make serve` runs.  Build the demo model if missing, then serve.
 
-Steps (each skipped when its output exists, so a second start goes straight to serving):
+Steps (each skipped when its output exists, so a second start goes straight to serving; where each
+output goes: `bootstrap.layout`, which is also where `python -m server` looks by default):
 
+0. web page examples          python -m training.synthetic.examples --out artifacts/examples
 1. synthetic world            python -m training.synthetic --out data/synthetic --size demo
 2. detector                   python -m regions.train --data data/synthetic --out artifacts/detector
 3. region features            python -m regions.extract --weights <detector> --jobs data/synthetic
@@ -17,7 +19,6 @@ to rerun by hand.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -29,20 +30,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from bootstrap.layout import ROOT, Paths
+from vilbert.cli import ArgumentParser
+
 STAMPS = ROOT / "artifacts" / ".serve"
 # Detector training cap: recall@IoU0.5 0.999 (class accuracy 0.902) on the demo world in a fresh
 # clone's cold start; 5 minutes gave 0.999 / 0.936 (README).
 DETECTOR_MINUTES = 4
-
-
-@dataclass(frozen=True)
-class Paths:
-    world: Path = ROOT / "data" / "synthetic"
-    detector: Path = ROOT / "artifacts" / "detector" / "synthetic-detector.safetensors"
-    checkpoint: Path = ROOT / "runs" / "demo" / "model"
-    repository: Path = ROOT / "model_repository"
-    cache: Path = ROOT / "artifacts" / "region-cache"
 
 
 @dataclass(frozen=True)
@@ -56,6 +50,7 @@ class Step:
 
 def steps(p: Paths) -> list[Step]:
     py = sys.executable
+    examples = [py, "-m", "training.synthetic.examples", "--out", str(p.examples)]
     world = [py, "-m", "training.synthetic", "--out", str(p.world), "--size", "demo"]
     detector = [
         py,
@@ -79,6 +74,7 @@ def steps(p: Paths) -> list[Step]:
     # onnxruntime: 16 captions instead of 64 saves ~110 s of a cold start; the max|diff| checks are unchanged.
     export += ["--max-captions", "16"]
     return [
+        Step("example images for the web page", examples, p.examples / "examples.json"),
         Step("synthetic world (all 12 datasets)", world, p.world / "summary.md"),
         Step(f"detector (about {DETECTOR_MINUTES} minutes)", detector, p.detector),
         Step("region features of the synthetic world", features, STAMPS / "features.done", stamp=True),
@@ -162,7 +158,8 @@ def serve(p: Paths, backend: str, host: str, port: int) -> None:
 
     args = ["--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint)]
     args += ["--detector-weights", str(p.detector), "--cache-dir", str(p.cache)]
-    args += ["--model-repository", str(p.repository), *concurrency_flags(backend)]
+    args += ["--model-repository", str(p.repository), "--examples-dir", str(p.examples)]
+    args += concurrency_flags(backend)
     n = len(steps(p)) + 1
     print(f"[{n}/{n}] serving with the {backend} backend", flush=True)
 
@@ -174,7 +171,7 @@ def serve(p: Paths, backend: str, host: str, port: int) -> None:
     signal.signal(signal.SIGTERM, exit_cleanly)
     with contextlib.ExitStack() as stack:
         if backend == "triton":
-            from server.triton import TritonServer
+            from export.triton_server import TritonServer
 
             triton = stack.enter_context(TritonServer(p.repository, startup_timeout=300))
             print(f"    Triton ready at http://{triton.http_url} ({len(triton.models)} models)", flush=True)
@@ -185,12 +182,12 @@ def serve(p: Paths, backend: str, host: str, port: int) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m server.bootstrap", description=__doc__.splitlines()[0])
+    ap = ArgumentParser(prog="python -m bootstrap", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--backend", choices=["triton", "local"], default=os.environ.get("TWELVE_BACKEND", "triton")
     )
     ap.add_argument("--host", default=os.environ.get("TWELVE_HOST", "127.0.0.1"))
-    ap.add_argument("--port", type=int, default=int(os.environ.get("TWELVE_PORT", "8000")))
+    ap.add_argument("--port", type=int, default=os.environ.get("TWELVE_PORT", "8000"))  # parsed by type
     ap.add_argument("--build-only", action="store_true", help="build the demo model, do not serve")
     args = ap.parse_args(argv)
     paths = Paths()
@@ -199,7 +196,3 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"demo model ready after {time.monotonic() - start:.0f} s", flush=True)
     if not args.build_only:
         serve(paths, args.backend, args.host, args.port)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,8 +1,9 @@
 """Start the Triton Inference Server bundled in the `nvidia-pytriton` wheel on an exported repository.
 
-`python -m server.triton --repository model_repository/ [--http-port 8000 --grpc-port 8001
---metrics-port 8002]` runs until SIGTERM/SIGINT.  `TritonServer` is the same thing as a context
-manager for tests and for `make serve`::
+`python -m export.triton_server --repository model_repository/ [--http-port 8010 --grpc-port 8011
+--metrics-port 8012]` runs until SIGTERM/SIGINT.  Its default ports are apart from the gateway's 8000
+(`python -m server`), whose default ``triton_url`` is this HTTP port.  `TritonServer` is the same
+thing as a context manager for tests and for `make serve` (free ports unless given)::
 
     with TritonServer("model_repository") as server:
         client = tritonclient.http.InferenceServerClient(server.http_url)
@@ -24,7 +25,6 @@ module waits until *every* model of the repository reports ready (``/v2/models/N
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -42,8 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from vilbert.cli import ArgumentParser, run
+
 SITE_PACKAGES_ENV = "TWELVE_IN_ONE_SITE_PACKAGES"  # read by export/triton_model.py
 HOST = "127.0.0.1"
+# The CLI's ports: Triton's own defaults (8000-8002) would take the gateway's 8000.
+DEFAULT_HTTP_PORT, DEFAULT_GRPC_PORT, DEFAULT_METRICS_PORT = 8010, 8011, 8012
 
 
 class TritonError(RuntimeError):
@@ -114,7 +118,9 @@ class TritonServer:
     ) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
-            raise TritonError(f"model repository not found: {self.repository}")
+            raise TritonError(
+                f"model repository not found: {self.repository} (python -m export --out DIR writes one)"
+            )
         self.models = repository_models(self.repository)
         if not self.models:
             raise TritonError(f"{self.repository} holds no model (no */config.pbtxt)")
@@ -307,13 +313,13 @@ class TritonServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m server.triton", description="Serve an exported model repository with Triton."
+    parser = ArgumentParser(
+        prog="python -m export.triton_server", description="Serve an exported model repository with Triton."
     )
     parser.add_argument("--repository", type=Path, required=True, help="from python -m export --out")
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--http-port", type=int, default=DEFAULT_HTTP_PORT)
+    parser.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT)
+    parser.add_argument("--metrics-port", type=int, default=DEFAULT_METRICS_PORT)
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--log-file", type=Path, help="server log (default: a temporary file)")
     parser.add_argument("--verbose", action="store_true", help="Triton's verbose log")
@@ -386,4 +392,4 @@ def _die_with_parent():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main)

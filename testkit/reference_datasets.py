@@ -1,4 +1,5 @@
-"""A minimal tree of the twelve datasets in their official formats (datasets-and-training.md §6.3).
+"""A minimal tree of the twelve datasets in their official formats (datasets-and-training.md §6.3),
+for the loader tests and `bench.reliability`'s training-kill trials.
 
 2-5 records per dataset, chosen so each one exercises a rule: soft scores, the minval tail, the
 clean split, the 101-row detection offset (images with exactly 100 boxes), padding (images with

@@ -1,16 +1,18 @@
-"""The export contract, generated from the task table: graph names, tensor names, dtypes, shapes, routes.
+"""The wire contract, generated from the task table: graph names, tensor names, dtypes, shapes,
+routes, and what each head reads.
 
 Everything that names a tensor or a model in the exported repository comes from here: the ONNX
-export (`export.graphs`), the Triton configs (`export.triton_config`), the python-backend model, the
-parity gate, the repository's `tasks.json` and the clients that read it.  Nothing else spells
-``"input_ids"`` or ``"head_region"``.  Standard library + the task table and config only (no torch),
-so config generation and the SDK can use it without a model.
+export (`export.graphs`, on the modules of `vilbert.graphs`), the Triton configs
+(`export.triton_config`), the python-backend model, the parity gate, the repository's `tasks.json`,
+the gateway and the clients that read it.  Nothing else spells ``"input_ids"`` or ``"head_region"``.
+Standard library + the task table and config only (no torch), so config generation, the gateway and
+the SDK can use it without a model.
 
 Graphs (one Triton model each)::
 
     trunk              input_ids, attention_mask, task_ids, region_features, region_locations,
                        region_mask  ->  fused (B, H_bi), region_states (B, R, H_v)
-    head_<head>        one per `Head` of the task table; reads the trunk output it needs:
+    head_<head>        one per `Head` of the task table; reads what `HEAD_IO[head]` declares:
                          answer / answer_gqa / match / triple:  fused (B, H_bi)        -> logits (B, C)
                          region:  region_states (B, R, H_v), region_mask (B, R)        -> logits (B, R)
                          pair:    fused_pairs (B, I, H_bi), I = images_per_example     -> logits (B, 2)
@@ -18,7 +20,8 @@ Graphs (one Triton model each)::
     detector_box_head  box_inputs (K, C*7*7[+6]) -> region features, fc7, class logits, box deltas
 
 Per-task routing (`Route`): the client runs `trunk` with the task's id in `task_ids`, then the
-task's head graph; for multi-image tasks it regroups the trunk's `fused` rows into `fused_pairs`.
+task's head graph on `head_feeds(head, trunk outputs, region_mask, images)`: for multi-image tasks
+that regroups the trunk's `fused` rows into `fused_pairs`.
 
 The trunk split in two, for retrieval (one caption against many images: the image-free text
 prefix runs once per query, not once per image), beside `trunk`, which stays as it is::
@@ -38,7 +41,9 @@ from __future__ import annotations
 
 import enum
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from vilbert.config import ViLBERTConfig
 from vilbert.tasks import TASKS, Head, Task, tasks_with_head
@@ -174,16 +179,17 @@ def detector_dims_from_preset(preset: object) -> DetectorDims:
 # Graphs
 # ---------------------------------------------------------------------------------------------
 
-# Trunk inputs in `ViLBERTTrunk.forward` order (token_type_ids is left at its default of zeros:
-# no 12-in-1 task feeds a second segment).
-TRUNK_INPUTS = (
-    "input_ids",
-    "attention_mask",
-    "task_ids",
-    "region_features",
-    "region_locations",
-    "region_mask",
-)
+# Tensor names.  Trunk inputs in `ViLBERTTrunk.forward` order (token_type_ids is left at its default
+# of zeros: no 12-in-1 task feeds a second segment).
+INPUT_IDS = "input_ids"
+ATTENTION_MASK = "attention_mask"
+TASK_IDS = "task_ids"
+REGION_FEATURES = "region_features"
+REGION_LOCATIONS = "region_locations"
+REGION_MASK = "region_mask"
+TEXT_INPUTS = (INPUT_IDS, ATTENTION_MASK, TASK_IDS)
+REGION_INPUTS = (REGION_FEATURES, REGION_LOCATIONS, REGION_MASK)
+TRUNK_INPUTS = (*TEXT_INPUTS, *REGION_INPUTS)
 FUSED = "fused"
 REGION_STATES = "region_states"
 FUSED_PAIRS = "fused_pairs"
@@ -192,24 +198,22 @@ TEXT_STATES = "text_states"
 TEXT_MASK = "text_mask"
 CAPTION_EMBEDDING = "caption_embedding"
 IMAGE_EMBEDDING = "image_embedding"
+# Detector graphs (the gateway runs its detector in-process, not through these).
+DETECTOR_IMAGES = "images"
+BOX_INPUTS = "box_inputs"
+FC7 = "fc7"
+CLASS_LOGITS = "class_logits"
+BOX_REGRESSION = "box_regression"
 
 
 def trunk_graph(cfg: ViLBERTConfig) -> GraphSpec:
-    text, regions = (BATCH, TEXT), (BATCH, REGIONS)
     return GraphSpec(
         name=TRUNK,
         kind=GraphKind.TRUNK,
-        inputs=(
-            TensorSpec("input_ids", DType.INT64, text),
-            TensorSpec("attention_mask", DType.INT64, text),
-            TensorSpec("task_ids", DType.INT64, (BATCH,)),
-            TensorSpec("region_features", DType.FP32, (*regions, cfg.v_feature_size)),
-            TensorSpec("region_locations", DType.FP32, (*regions, LOCATION_DIM)),
-            TensorSpec("region_mask", DType.INT64, regions),
-        ),
+        inputs=(*_text_inputs(), *_region_inputs(cfg)),
         outputs=(
             TensorSpec(FUSED, DType.FP32, (BATCH, cfg.bi_hidden_size)),
-            TensorSpec(REGION_STATES, DType.FP32, (*regions, cfg.v_hidden_size)),
+            TensorSpec(REGION_STATES, DType.FP32, (BATCH, REGIONS, cfg.v_hidden_size)),
         ),
         batched=True,
         dynamic_batching=True,
@@ -220,18 +224,18 @@ def trunk_graph(cfg: ViLBERTConfig) -> GraphSpec:
 def _text_inputs() -> tuple[TensorSpec, ...]:
     text = (BATCH, TEXT)
     return (
-        TensorSpec("input_ids", DType.INT64, text),
-        TensorSpec("attention_mask", DType.INT64, text),
-        TensorSpec("task_ids", DType.INT64, (BATCH,)),
+        TensorSpec(INPUT_IDS, DType.INT64, text),
+        TensorSpec(ATTENTION_MASK, DType.INT64, text),
+        TensorSpec(TASK_IDS, DType.INT64, (BATCH,)),
     )
 
 
 def _region_inputs(cfg: ViLBERTConfig) -> tuple[TensorSpec, ...]:
     regions = (BATCH, REGIONS)
     return (
-        TensorSpec("region_features", DType.FP32, (*regions, cfg.v_feature_size)),
-        TensorSpec("region_locations", DType.FP32, (*regions, LOCATION_DIM)),
-        TensorSpec("region_mask", DType.INT64, regions),
+        TensorSpec(REGION_FEATURES, DType.FP32, (*regions, cfg.v_feature_size)),
+        TensorSpec(REGION_LOCATIONS, DType.FP32, (*regions, LOCATION_DIM)),
+        TensorSpec(REGION_MASK, DType.INT64, regions),
     )
 
 
@@ -286,22 +290,75 @@ def prefilter_graphs(cfg: ViLBERTConfig) -> tuple[GraphSpec, GraphSpec]:
     return text, image
 
 
+# ---------------------------------------------------------------------------------------------
+# Heads: what each one reads and what it returns, declared once
+# ---------------------------------------------------------------------------------------------
+
+
+class HeadInput(enum.StrEnum):
+    """Which trunk output a head reads."""
+
+    FUSED = "fused"  # fused (B, H_bi): the pooled text-image vector of each trunk row
+    REGIONS = "regions"  # region_states (B, R, H_v) with the trunk's region_mask (B, R)
+    FUSED_PAIRS = "fused_pairs"  # fused regrouped per example: (B, I, H_bi), I = images_per_example
+
+
+# Graph input names of each kind of read, in the head graph's input order.
+_READ_TENSORS: dict[HeadInput, tuple[str, ...]] = {
+    HeadInput.FUSED: (FUSED,),
+    HeadInput.REGIONS: (REGION_STATES, REGION_MASK),
+    HeadInput.FUSED_PAIRS: (FUSED_PAIRS,),
+}
+
+
+@dataclass(frozen=True)
+class HeadIO:
+    """One head's I/O: what it reads from the trunk, and the width of its logits."""
+
+    reads: HeadInput
+    # Logits width: a class count; the name of the `ViLBERTConfig` field holding it (the answer
+    # vocabularies); or the REGIONS axis (one logit per region).
+    classes: int | str
+    # Layers: Linear -> GELU -> LayerNorm -> Linear (hidden width classifier_hidden_mult x H_bi),
+    # or a single Linear.
+    mlp: bool = False
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        """The head graph's input tensor names, in order."""
+        return _READ_TENSORS[self.reads]
+
+    @property
+    def per_region(self) -> bool:
+        return self.classes == REGIONS
+
+    @property
+    def scalar(self) -> bool:
+        """One score per row: the model's logits are (B,); the graph keeps (B, 1), because a batched
+        Triton output needs a non-empty shape."""
+        return self.classes == 1
+
+
+HEAD_IO: dict[Head, HeadIO] = {
+    Head.ANSWER: HeadIO(HeadInput.FUSED, "num_answers", mlp=True),
+    Head.ANSWER_GQA: HeadIO(HeadInput.FUSED, "num_answers_gqa", mlp=True),
+    Head.MATCH: HeadIO(HeadInput.FUSED, 1),
+    Head.REGION: HeadIO(HeadInput.REGIONS, REGIONS),
+    Head.PAIR: HeadIO(HeadInput.FUSED_PAIRS, 2, mlp=True),
+    Head.TRIPLE: HeadIO(HeadInput.FUSED, 3),
+}
+
+
+def head_graph_name(head: Head) -> str:
+    return f"{HEAD_PREFIX}{head.value}"
+
+
 def head_classes(head: Head, cfg: ViLBERTConfig) -> int | str:
-    """Width of a head's logits: a class count, or the region axis for the region head."""
-    match head:
-        case Head.ANSWER:
-            return cfg.num_answers
-        case Head.ANSWER_GQA:
-            return cfg.num_answers_gqa
-        case Head.MATCH:
-            return 1  # kept as an axis so the batched Triton output has a non-empty shape
-        case Head.REGION:
-            return REGIONS
-        case Head.PAIR:
-            return 2
-        case Head.TRIPLE:
-            return 3
-    raise ValueError(f"no logits width for head {head}")
+    """Width of a head's logits: a class count, or the region axis for a per-region head."""
+    classes = HEAD_IO[head].classes
+    if isinstance(classes, int) or classes == REGIONS:
+        return classes
+    return int(getattr(cfg, classes))
 
 
 def images_per_example(head: Head) -> int:
@@ -312,24 +369,68 @@ def images_per_example(head: Head) -> int:
     return counts.pop()
 
 
+def head_inputs(head: Head, cfg: ViLBERTConfig) -> tuple[TensorSpec, ...]:
+    """The head graph's inputs: trunk outputs (and the trunk's region_mask), or fused_pairs."""
+    available = {t.name: t for t in (*trunk_graph(cfg).outputs, *_region_inputs(cfg))}
+    if HEAD_IO[head].reads is HeadInput.FUSED_PAIRS:
+        pairs = (BATCH, images_per_example(head), cfg.bi_hidden_size)
+        available[FUSED_PAIRS] = TensorSpec(FUSED_PAIRS, DType.FP32, pairs)
+    return tuple(available[name] for name in HEAD_IO[head].inputs)
+
+
+def head_in_features(head: Head, cfg: ViLBERTConfig) -> int:
+    """Width of the vector the head's first layer reads (per region for a per-region head)."""
+    match HEAD_IO[head].reads:
+        case HeadInput.FUSED:
+            return cfg.bi_hidden_size
+        case HeadInput.REGIONS:
+            return cfg.v_hidden_size
+        case HeadInput.FUSED_PAIRS:
+            return images_per_example(head) * cfg.bi_hidden_size
+    raise ValueError(f"no input width for head {head}")
+
+
+def head_out_features(head: Head, cfg: ViLBERTConfig) -> int:
+    """Width of the head's last layer (1 for a per-region head: one logit per region)."""
+    classes = head_classes(head, cfg)
+    return 1 if isinstance(classes, str) else classes
+
+
+A = TypeVar("A")  # an array: numpy or torch, both have the `.reshape` and `.shape` used here
+
+
+def head_feeds(
+    head: Head, trunk_out: Mapping[str, A], region_mask: A | None = None, images: int | None = None
+) -> dict[str, A]:
+    """The head graph's inputs, by name, from the trunk's outputs over N = B x I rows.
+
+    `region_mask`: the trunk's region_mask input (for heads reading regions).  `images`: trunk rows
+    per example, for heads reading fused_pairs (default: the task table's images_per_example).
+    """
+    if HEAD_IO[head].reads is HeadInput.FUSED_PAIRS:
+        fused = trunk_out[FUSED]
+        rows = images_per_example(head) if images is None else images
+        return {FUSED_PAIRS: fused.reshape(-1, rows, fused.shape[-1])}  # type: ignore[attr-defined]
+    available = {**trunk_out}
+    if region_mask is not None:
+        available[REGION_MASK] = region_mask
+    missing = [name for name in HEAD_IO[head].inputs if name not in available]
+    if missing:
+        raise KeyError(f"head {head} reads {', '.join(missing)}")
+    return {name: available[name] for name in HEAD_IO[head].inputs}
+
+
+def model_logits(head: Head, graph_logits: A) -> A:
+    """A head graph's logits in the model's convention: a scalar head's (B, 1) become (B,)."""
+    return graph_logits[:, 0] if HEAD_IO[head].scalar else graph_logits  # type: ignore[index]
+
+
 def head_graph(head: Head, cfg: ViLBERTConfig) -> GraphSpec:
-    match head:
-        case Head.REGION:
-            inputs: tuple[TensorSpec, ...] = (
-                TensorSpec(REGION_STATES, DType.FP32, (BATCH, REGIONS, cfg.v_hidden_size)),
-                TensorSpec("region_mask", DType.INT64, (BATCH, REGIONS)),
-            )
-        case Head.PAIR:
-            inputs = (
-                TensorSpec(FUSED_PAIRS, DType.FP32, (BATCH, images_per_example(head), cfg.bi_hidden_size)),
-            )
-        case _:
-            inputs = (TensorSpec(FUSED, DType.FP32, (BATCH, cfg.bi_hidden_size)),)
     tasks = ", ".join(t.slug for t in tasks_with_head(head))
     return GraphSpec(
-        name=f"{HEAD_PREFIX}{head.value}",
+        name=head_graph_name(head),
         kind=GraphKind.HEAD,
-        inputs=inputs,
+        inputs=head_inputs(head, cfg),
         outputs=(TensorSpec(LOGITS, DType.FP32, (BATCH, head_classes(head, cfg))),),
         batched=True,
         head=head,
@@ -346,7 +447,7 @@ def detector_graphs(det: DetectorDims) -> tuple[GraphSpec, GraphSpec]:
     backbone = GraphSpec(
         name=DETECTOR_BACKBONE,
         kind=GraphKind.DETECTOR,
-        inputs=(TensorSpec("images", DType.FP32, (BATCH, 3, HEIGHT, WIDTH)),),
+        inputs=(TensorSpec(DETECTOR_IMAGES, DType.FP32, (BATCH, 3, HEIGHT, WIDTH)),),
         outputs=tuple(
             TensorSpec(
                 f"fpn_{level}", DType.FP32, (BATCH, det.fpn_channels, f"{HEIGHT}_{level}", f"{WIDTH}_{level}")
@@ -359,12 +460,12 @@ def detector_graphs(det: DetectorDims) -> tuple[GraphSpec, GraphSpec]:
     box_head = GraphSpec(
         name=DETECTOR_BOX_HEAD,
         kind=GraphKind.DETECTOR,
-        inputs=(TensorSpec("box_inputs", DType.FP32, (BOXES, det.fc6_in_features)),),
+        inputs=(TensorSpec(BOX_INPUTS, DType.FP32, (BOXES, det.fc6_in_features)),),
         outputs=(
-            TensorSpec("region_features", DType.FP32, (BOXES, det.feature_dim)),
-            TensorSpec("fc7", DType.FP32, (BOXES, det.feature_dim)),
-            TensorSpec("class_logits", DType.FP32, (BOXES, det.num_classes)),
-            TensorSpec("box_regression", DType.FP32, (BOXES, 4 * det.num_classes)),
+            TensorSpec(REGION_FEATURES, DType.FP32, (BOXES, det.feature_dim)),
+            TensorSpec(FC7, DType.FP32, (BOXES, det.feature_dim)),
+            TensorSpec(CLASS_LOGITS, DType.FP32, (BOXES, det.num_classes)),
+            TensorSpec(BOX_REGRESSION, DType.FP32, (BOXES, 4 * det.num_classes)),
         ),
         batched=False,
         description=f"{det.preset} detector: box head fc6 -> fc7 -> class/box predictor on RoI-pooled inputs",
@@ -406,7 +507,7 @@ def route(task: Task) -> Route:
         task=task.slug,
         task_id=task.task_id,
         head=task.head,
-        head_model=f"{HEAD_PREFIX}{task.head.value}",
+        head_model=head_graph_name(task.head),
         images_per_example=task.images_per_example,
         max_text_tokens=task.max_text_tokens,
         max_regions=task.max_regions,
@@ -447,7 +548,7 @@ class ExportSpec:
         return self.graph(TRUNK)
 
     def head(self, head: Head) -> GraphSpec:
-        return self.graph(f"{HEAD_PREFIX}{head.value}")
+        return self.graph(head_graph_name(head))
 
 
 def axis_ranges(cfg: ViLBERTConfig) -> dict[str, AxisRange]:

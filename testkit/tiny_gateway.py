@@ -1,4 +1,5 @@
-"""A tiny gateway for tests: tiny ViLBERT checkpoint, tiny random-weight synthetic detector, PNG scenes."""
+"""A tiny gateway for the tests and `bench.reliability`: tiny ViLBERT checkpoint, tiny random-weight
+synthetic detector, PNG scenes, one valid request body per task."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from regions.detector import RegionExtractor, build_detector
+from regions.detector import build_detector
+from regions.extractor import RegionExtractor
 from regions.presets import SYNTHETIC, AttributeGroup
 from server.backend import TorchBackend
 from server.loading import Components, read_answers

@@ -1,0 +1,269 @@
+"""Region extraction: batched `torch.inference_mode()` runs of a detector, one `ImageRegions` per image.
+
+`RegionExtractor.extract` gives the detected regions (boxes in original pixels, fc6 features, classes,
+attributes) by the reference selection rule (`regions.roi_heads.select_regions`);
+`extract_at_boxes` feeds given boxes as the proposals and keeps all of them in order (the reference
+`extract_features_from_gt.py`); `extract_with_boxes` does both from one backbone pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import Tensor
+from torchvision.models.detection.image_list import ImageList
+
+from regions.decode import DecodedImage
+from regions.detector import RegionDetector, build_detector
+from regions.inputs import RegionInputs, region_inputs
+from regions.presets import DetectorPreset
+from regions.roi_heads import select_regions
+from regions.store import RegionRecord
+from regions.transform import as_rgb_array, preprocess
+from regions.weights import load_detector
+
+
+@dataclass
+class ImageRegions:
+    """One image's regions: what `/images` returns and what the feature store records."""
+
+    image_w: int
+    image_h: int
+    boxes: np.ndarray  # (N, 4) float32, x1y1x2y2 in original image pixels
+    features: np.ndarray  # (N, D) float32, fc6
+    objects: np.ndarray  # (N,) int64, argmax foreground class (0-based, background excluded)
+    object_scores: np.ndarray  # (N,) float32, probability of that class
+    max_conf: np.ndarray  # (N,) float32, selection confidence (GT-box mode: best foreground probability)
+    cls_prob: np.ndarray  # (N, C) float32 class posteriors, background first
+    class_names: tuple[str, ...] = ()
+    attributes: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (N,) int64 argmax
+    attribute_scores: dict[str, np.ndarray] = field(default_factory=dict)  # group -> (N,) float32
+    attribute_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    num_confident: int = 0  # boxes with max_conf != 0 (the reference's unused "num_boxes")
+
+    @property
+    def num_boxes(self) -> int:
+        return int(self.boxes.shape[0])
+
+    def labels(self) -> list[str]:
+        names = self.class_names
+        return [names[i] if 0 <= i < len(names) else f"class_{i}" for i in self.objects.tolist()]
+
+    def attribute_labels(self, group: str) -> list[str]:
+        names = self.attribute_names.get(group, ())
+        return [names[i] if 0 <= i < len(names) else f"{group}_{i}" for i in self.attributes[group].tolist()]
+
+    def inputs(self, max_regions: int | None = None) -> RegionInputs:
+        """Global-first features and 5-d locations: the model's image input for this image."""
+        return region_inputs(self.boxes, self.features, self.image_w, self.image_h, max_regions)
+
+    def to_record(self, image_id: str, *, with_cls_prob: bool = False) -> RegionRecord:
+        """A feature-store record (reference LMDB layout, plus the detector's labels as extras)."""
+        extra: dict[str, Any] = {
+            "objects": self.objects,
+            "object_scores": self.object_scores,
+            "max_conf": self.max_conf,
+        }
+        for group, values in self.attributes.items():
+            extra[f"attr_{group}"] = values
+        if with_cls_prob:
+            extra["cls_prob"] = self.cls_prob
+        return RegionRecord(
+            image_id=image_id,
+            image_h=self.image_h,
+            image_w=self.image_w,
+            boxes=self.boxes,
+            features=self.features,
+            num_boxes=self.num_boxes,
+            extra=extra,
+        )
+
+
+def _clipped_boxes(boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
+    """A copy of x1y1x2y2 pixel boxes clipped to the image; non-finite or inverted boxes are refused."""
+    b = np.array(boxes, dtype=np.float32, copy=True).reshape(-1, 4)
+    h, w = image.shape[:2]
+    if b.size and (not np.isfinite(b).all() or (b[:, 2] < b[:, 0]).any() or (b[:, 3] < b[:, 1]).any()):
+        raise ValueError("boxes must be finite x1,y1,x2,y2 with x2 >= x1 and y2 >= y1")
+    np.clip(b[:, 0::2], 0, w, out=b[:, 0::2])
+    np.clip(b[:, 1::2], 0, h, out=b[:, 1::2])
+    return b
+
+
+class RegionExtractor:
+    """Batched, inference-only region extraction for one detector."""
+
+    def __init__(self, detector: RegionDetector, *, batch_size: int = 2) -> None:
+        self.detector = detector.eval()
+        self.preset = detector.preset
+        self.batch_size = max(1, int(batch_size))
+
+    @classmethod
+    def from_preset(
+        cls, preset: DetectorPreset | str, weights: str | Path | None = None, **kwargs: Any
+    ) -> RegionExtractor:
+        if weights is None:
+            detector = build_detector(preset)
+        else:
+            detector = load_detector(weights, preset)
+        return cls(detector, **kwargs)
+
+    def __call__(self, image: np.ndarray | DecodedImage | Image.Image) -> ImageRegions:
+        return self.extract([image])[0]
+
+    def extract(self, images: Sequence[np.ndarray | DecodedImage | Image.Image]) -> list[ImageRegions]:
+        """Detected regions per image, by the reference selection rule."""
+        arrays = [as_rgb_array(im) for im in images]
+        out: list[ImageRegions] = []
+        for i in range(0, len(arrays), self.batch_size):
+            out.extend(self._run(arrays[i : i + self.batch_size], None))
+        return out
+
+    def extract_at_boxes(
+        self, images: Sequence[np.ndarray | DecodedImage | Image.Image], boxes: Sequence[np.ndarray]
+    ) -> list[ImageRegions]:
+        """Features for given x1y1x2y2 pixel boxes: fed as proposals, all kept, in the given order."""
+        if len(images) != len(boxes):
+            raise ValueError(f"{len(images)} images but {len(boxes)} box lists")
+        arrays = [as_rgb_array(im) for im in images]
+        given = [_clipped_boxes(b, arr) for arr, b in zip(arrays, boxes)]
+        out: list[ImageRegions] = []
+        for i in range(0, len(arrays), self.batch_size):
+            out.extend(self._run(arrays[i : i + self.batch_size], given[i : i + self.batch_size]))
+        return out
+
+    def extract_with_boxes(
+        self,
+        images: Sequence[np.ndarray | DecodedImage | Image.Image],
+        box_sets: Sequence[Sequence[np.ndarray]],
+    ) -> list[tuple[ImageRegions, list[ImageRegions]]]:
+        """Per image: its detected regions and the features at each of its given box lists, from one
+        backbone pass (the same numbers as `extract` and `extract_at_boxes` called separately)."""
+        if len(images) != len(box_sets):
+            raise ValueError(f"{len(images)} images but {len(box_sets)} box-list sets")
+        arrays = [as_rgb_array(im) for im in images]
+        sets = [[_clipped_boxes(b, arr) for b in bs] for arr, bs in zip(arrays, box_sets)]
+        out: list[tuple[ImageRegions, list[ImageRegions]]] = []
+        for i in range(0, len(arrays), self.batch_size):
+            out.extend(self._run_with_boxes(arrays[i : i + self.batch_size], sets[i : i + self.batch_size]))
+        return out
+
+    @torch.inference_mode()
+    def _run(self, images: list[np.ndarray], given: list[np.ndarray] | None) -> list[ImageRegions]:
+        image_list, scales = preprocess(images, self.preset.preprocessing)
+        features = self.detector.backbone(image_list.tensors)
+        return self._regions(images, image_list, scales, features, given)
+
+    @torch.inference_mode()
+    def _run_with_boxes(
+        self, images: list[np.ndarray], sets: list[list[np.ndarray]]
+    ) -> list[tuple[ImageRegions, list[ImageRegions]]]:
+        image_list, scales = preprocess(images, self.preset.preprocessing)
+        features = self.detector.backbone(image_list.tensors)
+        detected = self._regions(images, image_list, scales, features, None)
+        at_boxes: list[list[ImageRegions]] = [[] for _ in images]
+        for r in range(max((len(s) for s in sets), default=0)):  # round r: each image's r-th box list
+            idx = [i for i, s in enumerate(sets) if len(s) > r]
+            sub = ImageList(image_list.tensors[idx], [image_list.image_sizes[i] for i in idx])
+            feats = {k: v[idx] for k, v in features.items()}
+            regions = self._regions(
+                [images[i] for i in idx], sub, [scales[i] for i in idx], feats, [sets[i][r] for i in idx]
+            )
+            for i, reg in zip(idx, regions):
+                at_boxes[i].append(reg)
+        return list(zip(detected, at_boxes))
+
+    def _regions(
+        self,
+        images: list[np.ndarray],
+        image_list: ImageList,
+        scales: list[float],
+        features: dict[str, Tensor],
+        given: list[np.ndarray] | None,
+    ) -> list[ImageRegions]:
+        det, preset = self.detector, self.preset
+        if given is None:
+            proposals, _ = det.rpn(image_list, features)
+        else:
+            proposals = [torch.from_numpy(b) * s for b, s in zip(given, scales)]
+        out = det.box_head_outputs(features, proposals, image_list.image_sizes)
+        probs = F.softmax(out.class_logits, dim=-1)
+        counts = [len(p) for p in proposals]
+        start = 0 if preset.selection.include_background else 1
+        results = []
+        for i, (img, props, scale, p, f, f7) in enumerate(
+            zip(
+                images,
+                proposals,
+                scales,
+                probs.split(counts),
+                out.features.split(counts),
+                out.fc7.split(counts),
+            )
+        ):
+            if given is None:
+                boxes = props / scale  # original-image pixels, as the reference divides by im_scale
+            else:
+                boxes = torch.from_numpy(given[i])  # exactly as given (after clipping to the image)
+            if given is None:
+                keep, max_conf, n_conf = select_regions(
+                    boxes, p, preset.selection, preset.rpn.legacy_plus_one
+                )
+            else:
+                keep = torch.arange(len(props))
+                max_conf = p[:, start:].max(dim=1).values if len(props) else torch.zeros(0)
+                n_conf = int((max_conf != 0).sum())
+            kp = p[keep]
+            fg_scores, objects = (
+                kp[:, start:].max(dim=1) if len(keep) else (torch.zeros(0), torch.zeros(0).long())
+            )
+            attributes, attribute_scores, attribute_names = self._attributes(f7[keep], objects + start)
+            results.append(
+                ImageRegions(
+                    image_w=int(img.shape[1]),
+                    image_h=int(img.shape[0]),
+                    boxes=boxes[keep].numpy().astype(np.float32),
+                    features=f[keep].numpy().astype(np.float32),
+                    objects=objects.numpy().astype(np.int64),
+                    object_scores=fg_scores.numpy().astype(np.float32),
+                    max_conf=max_conf.numpy().astype(np.float32),
+                    cls_prob=kp.numpy().astype(np.float32),
+                    class_names=preset.class_names,
+                    attributes=attributes,
+                    attribute_scores=attribute_scores,
+                    attribute_names=attribute_names,
+                    num_confident=n_conf,
+                )
+            )
+        return results
+
+    def _attributes(
+        self, fc7: Tensor, class_ids: Tensor
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, tuple[str, ...]]]:
+        spec = self.preset.attributes
+        logits = self.detector.attribute_logits(fc7, class_ids) if len(fc7) else None
+        if spec is None or not spec.groups or self.detector.attribute_head is None:
+            return {}, {}, {}
+        values, scores, names = {}, {}, {}
+        start = 0
+        for group in spec.groups:
+            if logits is None:
+                values[group.name] = np.zeros(0, dtype=np.int64)
+                scores[group.name] = np.zeros(0, dtype=np.float32)
+            else:
+                prob = F.softmax(logits[:, start : start + group.num_values], dim=-1)
+                s, v = prob.max(dim=1)
+                values[group.name], scores[group.name] = (
+                    v.numpy().astype(np.int64),
+                    s.numpy().astype(np.float32),
+                )
+            names[group.name] = group.value_names
+            start += group.num_values
+        return values, scores, names
