@@ -329,7 +329,7 @@ class InProcess:
 
     def register(self, images: list[Path]) -> None:
         for path in images:
-            self.service.register_image(self.schemas.ImagesRequest(image={"base64": _b64(path)}), {})
+            self.service.images.register(self.schemas.ImagesRequest(image={"base64": _b64(path)}), {})
 
     def vqa(self, body: dict) -> float:
         t0 = time.perf_counter()
@@ -338,14 +338,15 @@ class InProcess:
 
     def graphs_only(self, body: dict) -> float:
         """Just the two graph calls of the same request (inputs prepared beforehand)."""
+        from server.inference import batch_of
         from vilbert.contract import FUSED, TRUNK
         from vilbert.tasks import task_for_dataset
 
         svc = self.service
         task = task_for_dataset("vqa", "vqa")
         regions = svc.cache.get(body["image"]["image_id"])[0]
-        ids, mask = svc.tokens(body["question"], task)
-        padded = svc.pad_regions([svc.inputs_of(regions, task.max_regions)])
+        ids, mask = svc.inference.tokens(body["question"], task)
+        padded = batch_of([regions], task.max_regions)
         inputs = {
             "input_ids": ids,
             "attention_mask": mask,
@@ -365,7 +366,7 @@ def input_sizes(inproc: InProcess, bodies: list[dict]) -> dict:
     from vilbert.tasks import task_for_dataset
 
     svc, task = inproc.service, task_for_dataset("vqa", "vqa")
-    tokens = [svc.tokens(b["question"], task)[0].shape[1] for b in bodies]
+    tokens = [svc.inference.tokens(b["question"], task)[0].shape[1] for b in bodies]
     regions = [
         min(svc.cache.get(b["image"]["image_id"])[0].boxes.shape[0] + 1, task.max_regions) for b in bodies
     ]
@@ -521,7 +522,7 @@ def exhaustive_retrieval(inproc: InProcess, *, quick: bool, log=print) -> dict:
         for g in gallery:
             svc.cache.put(g)
         name = f"bench{size}"
-        svc.register_gallery(name, s.GalleryRequest(images=[{"image_id": g.image_id} for g in gallery]), {})
+        svc.galleries.register(name, s.GalleryRequest(images=[{"image_id": g.image_id} for g in gallery]), {})
         row = {}
         for mode in ("exhaustive", "two_stage"):
             try:

@@ -113,7 +113,8 @@ def _data_root(opts: ExportOptions, meta: dict) -> Path | None:
     if not root or not Path(root).is_dir():
         raise FileNotFoundError(
             f"data root for the metric gate not found ({root or 'none recorded in the checkpoint'}): pass "
-            "--data (a synthetic world: python -m training.synthetic), or --skip-metric"
+            "--data (datasets in the reference layout, or a synthetic world: python -m training.synthetic; "
+            "the gate measures every dataset present there and names the ones it skips), or --skip-metric"
         )
     return Path(root)
 

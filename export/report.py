@@ -33,6 +33,11 @@ def render_markdown(report: dict) -> str:
         + ("" if gate["metric_measured"] else " — **metric part skipped (no data root)**"),
         f"- data: `{report.get('data_root') or '—'}`; seconds: export {report['seconds']['export']:.1f}, "
         f"gate {gate['seconds']:.1f}",
+        *(
+            [f"- metric skipped (dataset not under the data root): {', '.join(gate['metric_skipped'])}"]
+            if gate.get("metric_skipped")
+            else []
+        ),
         "",
         "## Tasks",
         "",

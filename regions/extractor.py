@@ -4,6 +4,12 @@
 attributes) by the reference selection rule (`regions.roi_heads.select_regions`);
 `extract_at_boxes` feeds given boxes as the proposals and keeps all of them in order (the reference
 `extract_features_from_gt.py`); `extract_with_boxes` does both from one backbone pass.
+
+The two heavy steps, the backbone (+ FPN) and the box head's MLP, go through a `DetectorCompute`:
+`LocalDetectorCompute` (the default) runs the detector's own torch modules; a remote one (the
+gateway's `server.remote_detector.TritonDetectorCompute`) runs the exported `detector_backbone` /
+`detector_box_head` graphs elsewhere.  Preprocessing, the RPN (head, anchors, proposals), RoIAlign
+pooling, the attribute head and box selection always run here, so both give the same regions.
 """
 
 from __future__ import annotations
@@ -11,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -24,7 +30,7 @@ from regions.decode import DecodedImage
 from regions.detector import RegionDetector, build_detector
 from regions.inputs import RegionInputs, region_inputs
 from regions.presets import DetectorPreset
-from regions.roi_heads import select_regions
+from regions.roi_heads import BoxHeadOutputs, box_geometry, select_regions
 from regions.store import RegionRecord
 from regions.transform import as_rgb_array, preprocess
 from regions.weights import load_detector
@@ -97,13 +103,68 @@ def _clipped_boxes(boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
     return b
 
 
-class RegionExtractor:
-    """Batched, inference-only region extraction for one detector."""
+class DetectorCompute(Protocol):
+    """Where the detector's two heavy steps run (the exported `detector_backbone` / `detector_box_head`)."""
 
-    def __init__(self, detector: RegionDetector, *, batch_size: int = 2) -> None:
+    def backbone(self, images: Tensor) -> dict[str, Tensor]:
+        """Normalised padded images (N, 3, H, W) -> the FPN levels by the backbone's names, finest first."""
+        ...
+
+    def box_head(self, box_inputs: Tensor) -> BoxHeadOutputs:
+        """RoI-pooled box inputs (K, C*r*r [+6]) -> region features, fc7, class logits, box deltas."""
+        ...
+
+
+class LocalDetectorCompute:
+    """The detector's own torch modules, in this process (the arithmetic of `RegionDetector`)."""
+
+    def __init__(self, detector: RegionDetector) -> None:
+        self.detector = detector
+
+    def backbone(self, images: Tensor) -> dict[str, Tensor]:
+        return dict(self.detector.backbone(images))
+
+    def box_head(self, box_inputs: Tensor) -> BoxHeadOutputs:
+        det = self.detector
+        head = det.roi_heads.box_head
+        fc6_pre = head.fc6(box_inputs)
+        fc6 = F.relu(fc6_pre)
+        fc7 = F.relu(head.fc7(fc6))
+        class_logits, box_regression = det.roi_heads.box_predictor(fc7)
+        feats = fc6 if det.preset.box_head.fc6_relu else fc6_pre
+        return BoxHeadOutputs(
+            features=feats, fc7=fc7, class_logits=class_logits, box_regression=box_regression
+        )
+
+
+def box_inputs(
+    detector: RegionDetector,
+    features: dict[str, Tensor],
+    boxes: list[Tensor],
+    image_sizes: list[tuple[int, int]],
+) -> Tensor:
+    """What the box head reads: each box RoIAlign-pooled from the pyramid, flattened, [+ its geometry]."""
+    pooled = detector.roi_heads.box_roi_pool(features, boxes, image_sizes)  # (K, C_fpn, r, r)
+    x = pooled.flatten(1)
+    if detector.preset.box_head.geometry_features:
+        x = torch.cat([x, box_geometry(boxes, image_sizes)], dim=1)  # (K, C_fpn*r*r + 6)
+    return x
+
+
+class RegionExtractor:
+    """Batched, inference-only region extraction for one detector.
+
+    `compute` runs the backbone and the box head (default: `LocalDetectorCompute(detector)`); the
+    rest of the detector (RPN, pooling, attribute head, selection) always runs here.
+    """
+
+    def __init__(
+        self, detector: RegionDetector, *, batch_size: int = 2, compute: DetectorCompute | None = None
+    ) -> None:
         self.detector = detector.eval()
         self.preset = detector.preset
         self.batch_size = max(1, int(batch_size))
+        self.compute: DetectorCompute = compute or LocalDetectorCompute(self.detector)
 
     @classmethod
     def from_preset(
@@ -158,7 +219,7 @@ class RegionExtractor:
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], given: list[np.ndarray] | None) -> list[ImageRegions]:
         image_list, scales = preprocess(images, self.preset.preprocessing)
-        features = self.detector.backbone(image_list.tensors)
+        features = self.compute.backbone(image_list.tensors)
         return self._regions(images, image_list, scales, features, given)
 
     @torch.inference_mode()
@@ -166,7 +227,7 @@ class RegionExtractor:
         self, images: list[np.ndarray], sets: list[list[np.ndarray]]
     ) -> list[tuple[ImageRegions, list[ImageRegions]]]:
         image_list, scales = preprocess(images, self.preset.preprocessing)
-        features = self.detector.backbone(image_list.tensors)
+        features = self.compute.backbone(image_list.tensors)
         detected = self._regions(images, image_list, scales, features, None)
         at_boxes: list[list[ImageRegions]] = [[] for _ in images]
         for r in range(max((len(s) for s in sets), default=0)):  # round r: each image's r-th box list
@@ -193,7 +254,7 @@ class RegionExtractor:
             proposals, _ = det.rpn(image_list, features)
         else:
             proposals = [torch.from_numpy(b) * s for b, s in zip(given, scales)]
-        out = det.box_head_outputs(features, proposals, image_list.image_sizes)
+        out = self.compute.box_head(box_inputs(det, features, proposals, image_list.image_sizes))
         probs = F.softmax(out.class_logits, dim=-1)
         counts = [len(p) for p in proposals]
         start = 0 if preset.selection.include_background else 1

@@ -1,8 +1,10 @@
 """`create_app(settings)`: the FastAPI gateway.  Nothing is built at import time.
 
 Layers: an ASGI guard (request id, body-size cap, per-route metrics) -> thin routers
-(server/routes.py) -> `Gateway.run` (bounded admission queue, worker threads, deadline) ->
-`Service` (server/service.py) -> a `Backend`.  Errors map to HTTP in server/errors.py only.
+(server/routes.py, parts injected by server/deps.py) -> `Gateway.run` (bounded admission queue,
+worker threads, deadline) -> a task readout (server/vqa.py, ground.py, retrieve.py, verify.py; wired
+in server/service.py) -> `Inference` (server/inference.py) -> a `Backend`.  Errors map to HTTP in
+server/errors.py only.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ _PROBES = ("/healthz", "/readyz")  # answered even when the open-request cap is 
 
 
 class Gateway:
-    """Admission control around the service: at most `max_queue` requests admitted, `workers` running.
+    """Admission control around the readouts: at most `max_queue` requests admitted, `workers` running.
 
     A request over the queue bound is refused at once (429 + Retry-After) rather than left to wait;
     an admitted one that is not answered within the deadline gets 504 (its queued work is cancelled

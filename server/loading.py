@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from server.backend import Backend, OnnxBackend, TorchBackend
+from server.protocols import Extractor, Tokenizer
 from server.settings import BackendKind, Settings
 from vilbert.checkpoint import ANSWERS_DIR
 
@@ -19,8 +20,8 @@ class Components:
     """Everything `create_app` needs besides settings; tests build it from tiny models directly."""
 
     backend: Backend
-    extractor: object  # regions.extractor.RegionExtractor
-    tokenizer: object  # vilbert.tokenizer.WordPieceTokenizer
+    extractor: Extractor  # regions.extractor.RegionExtractor
+    tokenizer: Tokenizer  # vilbert.tokenizer.WordPieceTokenizer
     answers: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -68,5 +69,13 @@ def load_components(settings: Settings) -> Components:
     extractor = RegionExtractor(load_detector(settings.detector_weights), batch_size=1)
     log.info("loading %s backend", settings.backend)
     backend = build_backend(settings)
+    if settings.backend is BackendKind.TRITON:
+        # The backbone and box head through Triton's detector graphs (a GPU Triton runs them),
+        # unless the repository has none or they differ from these weights (server/remote_detector.py).
+        from server.remote_detector import remote_detector_compute
+
+        compute = remote_detector_compute(backend, extractor.detector, settings.model_repository)
+        if compute is not None:
+            extractor.compute = compute
     answers = read_answers(settings.checkpoint, settings.model_repository)
     return Components(backend, extractor, load_tokenizer(), answers)

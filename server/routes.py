@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -19,6 +20,18 @@ from pydantic import BaseModel
 from starlette.datastructures import UploadFile
 
 from server import schemas as s
+from server.deps import (
+    GalleriesDep,
+    GatewayDep,
+    GroundDep,
+    ImagesDep,
+    MetricsDep,
+    RetrieveDep,
+    ServiceDep,
+    SettingsDep,
+    VerifyDep,
+    VQADep,
+)
 from server.errors import (
     BadRequestError,
     InvalidInputError,
@@ -32,6 +45,7 @@ from vilbert.tasks import TASKS, as_dict
 
 STATIC = Path(__file__).parent / "static"
 M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorResponse, "description": text}
     for code, text in (
@@ -111,9 +125,8 @@ def _json(raw: str | bytes, field: str) -> Any:
         raise BadRequestError(f"{field}: not valid JSON", field) from None
 
 
-def require_key(request: Request) -> None:
+def require_key(request: Request, settings: SettingsDep) -> None:
     """Optional API key (X-API-Key or Bearer), compared in constant time."""
-    settings: Settings = request.app.state.settings
     if settings.api_key is None:
         return
     bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
@@ -129,38 +142,33 @@ def api_router(settings: Settings) -> APIRouter:
     router = APIRouter(dependencies=[Depends(require_key)], responses=ERRORS)
     files = settings.max_images_per_request
 
-    def svc(request: Request):
-        return request.app.state.service
-
-    async def run(request: Request, task: str, fn):
+    async def run(request: Request, gateway: GatewayDep, task: str, fn: Callable[[], T]) -> T:
         request.scope["state"]["task"] = task  # labels this request's metrics (see app.Guard)
-        return await request.app.state.gateway.run(fn)
+        return await gateway.run(fn)
 
     @router.post(
         "/images", response_model=s.ImageInfo, openapi_extra=body_doc(s.ImagesRequest), tags=["images"]
     )
-    async def post_image(request: Request) -> s.ImageInfo:
+    async def post_image(request: Request, images: ImagesDep, gateway: GatewayDep) -> s.ImageInfo:
         """Run region extraction on an image and cache it; use the returned `image_id` afterwards."""
         req, uploads = await parse(request, s.ImagesRequest, 1)
-        return await run(request, "images", lambda: svc(request).register_image(req, uploads))
+        return await run(request, gateway, "images", lambda: images.register(req, uploads))
 
     @router.post("/vqa", response_model=s.VQAResponse, openapi_extra=body_doc(s.VQARequest), tags=["tasks"])
-    async def vqa(request: Request) -> s.VQAResponse:
+    async def vqa(request: Request, vqa: VQADep, gateway: GatewayDep) -> s.VQAResponse:
         """Answer a question about an image (VQA v2, Visual Genome QA or GQA answer vocabulary)."""
         req, uploads = await parse(request, s.VQARequest, 1)
-        return await run(
-            request, req.dataset, lambda: svc(request).vqa(req, uploads, request.state.request_id)
-        )
+        rid = request.state.request_id
+        return await run(request, gateway, req.dataset, lambda: vqa(req, uploads, rid))
 
     @router.post(
         "/ground", response_model=s.GroundResponse, openapi_extra=body_doc(s.GroundRequest), tags=["tasks"]
     )
-    async def ground(request: Request) -> s.GroundResponse:
+    async def ground(request: Request, ground: GroundDep, gateway: GatewayDep) -> s.GroundResponse:
         """Find the region an expression (or a GuessWhat dialog) refers to; boxes in image pixels."""
         req, uploads = await parse(request, s.GroundRequest, 1)
-        return await run(
-            request, req.dataset, lambda: svc(request).ground(req, uploads, request.state.request_id)
-        )
+        rid = request.state.request_id
+        return await run(request, gateway, req.dataset, lambda: ground(req, uploads, rid))
 
     @router.post(
         "/retrieve",
@@ -168,7 +176,7 @@ def api_router(settings: Settings) -> APIRouter:
         openapi_extra=body_doc(s.RetrieveRequest),
         tags=["tasks"],
     )
-    async def retrieve(request: Request) -> s.RetrieveResponse:
+    async def retrieve(request: Request, retrieve: RetrieveDep, gateway: GatewayDep) -> s.RetrieveResponse:
         """Rank images (sent here, or a registered gallery) by how well they match a caption.
 
         With a model trained with the retrieval pre-filter the search is two-stage by default: the
@@ -176,19 +184,17 @@ def api_router(settings: Settings) -> APIRouter:
         `mode=exhaustive` has the trunk score every image.  The response says which ran.
         """
         req, uploads = await parse(request, s.RetrieveRequest, files)
-        return await run(
-            request, req.dataset, lambda: svc(request).retrieve(req, uploads, request.state.request_id)
-        )
+        rid = request.state.request_id
+        return await run(request, gateway, req.dataset, lambda: retrieve(req, uploads, rid))
 
     @router.post(
         "/verify", response_model=s.VerifyResponse, openapi_extra=body_doc(s.VerifyRequest), tags=["tasks"]
     )
-    async def verify(request: Request) -> s.VerifyResponse:
+    async def verify(request: Request, verify: VerifyDep, gateway: GatewayDep) -> s.VerifyResponse:
         """Is a statement true of one image (SNLI-VE) or of a pair of images (NLVR2)?"""
         req, uploads = await parse(request, s.VerifyRequest, 2)
-        return await run(
-            request, req.dataset, lambda: svc(request).verify(req, uploads, request.state.request_id)
-        )
+        rid = request.state.request_id
+        return await run(request, gateway, req.dataset, lambda: verify(req, uploads, rid))
 
     @router.put(
         "/galleries/{name}",
@@ -197,26 +203,29 @@ def api_router(settings: Settings) -> APIRouter:
         tags=["images"],
     )
     async def put_gallery(
-        request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]
+        request: Request,
+        name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)],
+        galleries: GalleriesDep,
+        gateway: GatewayDep,
     ) -> s.GalleryInfo:
         """Register (or replace) a named gallery for /retrieve; its region features stay cached and,
         with a pre-filter, its image embeddings are stored for two-stage search."""
         req, uploads = await parse(request, s.GalleryRequest, settings.max_gallery_images)
-        return await run(request, "gallery", lambda: svc(request).register_gallery(name, req, uploads))
+        return await run(request, gateway, "gallery", lambda: galleries.register(name, req, uploads))
 
     @router.get("/galleries/{name}", response_model=s.GalleryInfo, tags=["images"])
     async def get_gallery(
-        request: Request, name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)]
+        name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)], galleries: GalleriesDep
     ) -> s.GalleryInfo:
-        return svc(request).gallery_info(name)
+        return galleries.info(name)
 
     @router.get("/tasks", tags=["meta"])
-    async def tasks(request: Request) -> dict[str, Any]:
+    async def tasks(service: ServiceDep) -> dict[str, Any]:
         """The task table: which endpoint and `dataset` value serves each of the twelve tasks, and
         (`default`) which dataset a request without a `dataset` field gets.  Tasks answering from a
         vocabulary say whether it is `answers: "loaded"` or `"missing"` (answers then come back as
         `answer_<index>`); `warnings` lists what is missing."""
-        answers = svc(request).answers
+        answers = service.answers
         rows, missing = [], []
         for t in TASKS:
             row = as_dict(t) | {"default": t.default}
@@ -235,10 +244,10 @@ def api_router(settings: Settings) -> APIRouter:
         return body
 
     @router.get("/metrics", tags=["meta"], response_class=PlainTextResponse)
-    async def metrics(request: Request) -> Response:
+    async def metrics(metrics: MetricsDep) -> Response:
         from prometheus_client import CONTENT_TYPE_LATEST
 
-        return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router
 
@@ -287,13 +296,12 @@ def page_router() -> APIRouter:
         return {"status": "ok"}
 
     @router.get("/readyz", tags=["meta"])
-    async def readyz(request: Request) -> Response:
+    async def readyz(service: ServiceDep, gateway: GatewayDep, settings: SettingsDep) -> Response:
         """Readiness: every graph of the backend is ready and the gateway accepts work."""
-        gateway = request.app.state.gateway
-        models = request.app.state.service.backend.ready()
+        models = service.backend.ready()
         ready = gateway.accepting and all(models.values())
         body = json.dumps({"ready": ready, "models": models, "queued": gateway.admitted})
-        headers = {} if ready else {"Retry-After": str(request.app.state.settings.retry_after_s)}
+        headers = {} if ready else {"Retry-After": str(settings.retry_after_s)}
         return Response(
             body, status_code=200 if ready else 503, media_type="application/json", headers=headers
         )

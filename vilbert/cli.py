@@ -46,8 +46,6 @@ def describe(exc: BaseException) -> str:
     """A user-facing line for a user error, naming the file for an OSError without a message of ours."""
     if isinstance(exc, FileNotFoundError) and exc.filename is not None and exc.strerror:
         return f"{exc.filename}: no such file or directory (check the path)"
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
-        return str(exc.args[0])  # str(KeyError) adds quotes
     return str(exc)
 
 

@@ -198,7 +198,7 @@ TEXT_STATES = "text_states"
 TEXT_MASK = "text_mask"
 CAPTION_EMBEDDING = "caption_embedding"
 IMAGE_EMBEDDING = "image_embedding"
-# Detector graphs (the gateway runs its detector in-process, not through these).
+# Detector graphs (with the triton backend the gateway runs them: server/remote_detector.py).
 DETECTOR_IMAGES = "images"
 BOX_INPUTS = "box_inputs"
 FC7 = "fc7"

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from vilbert.checkpoint import CheckpointError, save_checkpoint
-from vilbert.cli import ArgumentParser, run
+from vilbert.cli import ArgumentParser, UserError, run
 from vilbert.config import ViLBERTConfig, base
 from vilbert.release import ANSWER_FILES, ReleaseError, answer_widths, read_answer_vocabulary
 from vilbert.safe_pickle import UnsafePickleError
@@ -157,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--vqa-answers/--gqa-answers go with --official (--release finds the lists itself)")
     if not args.release and (args.no_detector or args.detector_preset):
         parser.error("--no-detector/--detector-preset go with --release")
+    for flag in ("official", "release", "pretrained", "config", "vqa_answers", "gqa_answers"):
+        path = getattr(args, flag)
+        if path is not None and not path.exists():  # before any work or warning about what is missing
+            raise UserError(f"--{flag.replace('_', '-')} {path}: no such file or directory")
     try:
         cfg = ViLBERTConfig.from_official_json(args.config) if args.config else base()
         if args.official:

@@ -7,7 +7,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from server.app import create_app
-from server.service import pad_to_task_max
+from server.inference import pad_to_task_max
 from testkit.tiny_gateway import task_body, tiny_settings
 from vilbert.tasks import TASKS, task_for_dataset
 

@@ -160,7 +160,7 @@ def test_weights_are_loaded_without_executing_code():
     """Every torch.load passes weights_only=True (checkpoints are safetensors; training state and the
     official .bin files go through torch.load), and nothing trusts remote code."""
     offenders, checked = [], 0
-    packages = ("vilbert", "regions", "training", "export", "server", "clients", "bench")
+    packages = ("vilbert", "regions", "training", "export", "server", "clients", "bench", "testkit")
     for path in (p for package in packages for p in (ROOT / package).rglob("*.py")):
         text = path.read_text(errors="replace")
         for m in re.finditer(r"torch\.load\(", text):
