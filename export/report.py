@@ -97,8 +97,9 @@ def render_markdown(report: dict) -> str:
 
 
 def write_report(out: Path, report: dict) -> tuple[Path, Path]:
+    from vilbert.io import atomic_write_text
+
     json_path, md_path = report_paths(out)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(render_markdown(report))
+    atomic_write_text(json_path, json.dumps(report, indent=2) + "\n")  # 0644 whatever the umask
+    atomic_write_text(md_path, render_markdown(report))
     return json_path, md_path
