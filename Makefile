@@ -57,8 +57,9 @@ audit: $(STAMP)
 
 # Builds the demo model on first start (synthetic world -> detector -> features -> training ->
 # export), then starts Triton and the gateway on 127.0.0.1:8000.  TWELVE_BACKEND=local skips Triton.
+# `make serve OFFICIAL=DIR [PRECISION=int8]` serves the 12-in-1 release files in DIR instead (docs/official-model.md).
 serve: $(STAMP)
-	$(PY) -m bootstrap
+	$(PY) -m bootstrap $(if $(OFFICIAL),--official "$(OFFICIAL)") $(if $(PRECISION),--precision $(PRECISION))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build artifacts

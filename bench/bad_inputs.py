@@ -243,7 +243,10 @@ def cases(png: bytes, *, max_body: int, max_text: int) -> list[Case]:
     schema("missing-question", "/vqa", {"image": image})
     schema("missing-image", "/vqa", {"question": "q"})
     schema("extra-field", "/vqa", {**vqa("q"), "questoin": "typo"})
-    schema("wrong-type-image", "/vqa", {"image": "aGVsbG8=", "question": "q"})
+    schema("wrong-type-image", "/vqa", {"image": 12345, "question": "q"})
+    schema("wrong-type-image-list", "/vqa", {"image": ["aGVsbG8="], "question": "q"})
+    # A plain base64 string is shorthand for {"b64": ...}: valid JSON, but "hello" is no image (400).
+    schema("base64-shorthand-not-an-image", "/vqa", {"image": "aGVsbG8=", "question": "q"}, {400})
     schema("array-body", "/vqa", [1, 2, 3])
     schema("null-body", "/vqa", None)
     schema("string-body", "/vqa", "question")

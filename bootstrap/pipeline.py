@@ -46,6 +46,7 @@ class Step:
     done: Path  # exists when the step's output is complete
     stamp: bool = False  # the step has no single output file: write `done` after success
     stale: Callable[[], str | None] | None = None  # why an existing output must be rebuilt, if it must
+    always: bool = False  # run even when `done` exists (the command skips its own current work)
 
 
 def steps(p: Paths) -> list[Step]:
@@ -103,11 +104,11 @@ def _stale_export(p: Paths) -> str | None:
     return stale_reason(p.repository, p.checkpoint)
 
 
-def build(p: Paths) -> None:
-    plan = steps(p)
+def build(p: Paths, plan: list[Step] | None = None) -> None:
+    plan = steps(p) if plan is None else plan
     for i, step in enumerate(plan, 1):
         head = f"[{i}/{len(plan) + 1}] {step.title}"
-        if step.done.exists():
+        if step.done.exists() and not step.always:
             reason = step.stale() if step.stale is not None else None
             if reason is None:
                 print(f"{head}: ready ({_show(step.done)})", flush=True)
@@ -124,12 +125,11 @@ def build(p: Paths) -> None:
             step.done.write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
         seconds = time.monotonic() - start
         print(f"{head}: done in {seconds:.0f} s", flush=True)
-        _record_timing(step.title, seconds)
+        _record_timing(step.title, seconds, p.examples.parent / ".serve" / "timings.json")
 
 
-def _record_timing(title: str, seconds: float) -> None:
+def _record_timing(title: str, seconds: float, path: Path = STAMPS / "timings.json") -> None:
     """Append the step's wall time to artifacts/.serve/timings.json (what the README's numbers cite)."""
-    path = STAMPS / "timings.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     rows = json.loads(path.read_text()) if path.is_file() else []
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -153,14 +153,14 @@ def concurrency_flags(backend: str, environ: Mapping[str, str] = os.environ) -> 
     return flags
 
 
-def serve(p: Paths, backend: str, host: str, port: int) -> None:
+def serve(p: Paths, backend: str, host: str, port: int, n: int | None = None) -> None:
     from server.__main__ import main as gateway
 
     args = ["--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint)]
     args += ["--detector-weights", str(p.detector), "--cache-dir", str(p.cache)]
     args += ["--model-repository", str(p.repository), "--examples-dir", str(p.examples)]
     args += concurrency_flags(backend)
-    n = len(steps(p)) + 1
+    n = n or len(steps(p)) + 1
     print(f"[{n}/{n}] serving with the {backend} backend", flush=True)
 
     # uvicorn drains on SIGTERM/SIGINT and then re-raises the signal with the handler it found;
@@ -188,11 +188,41 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     ap.add_argument("--host", default=os.environ.get("TWELVE_HOST", "127.0.0.1"))
     ap.add_argument("--port", type=int, default=os.environ.get("TWELVE_PORT", "8000"))  # parsed by type
-    ap.add_argument("--build-only", action="store_true", help="build the demo model, do not serve")
+    ap.add_argument("--build-only", action="store_true", help="build the model, do not serve")
+    ap.add_argument(
+        "--official",
+        type=Path,
+        default=os.environ.get("OFFICIAL") or None,
+        help="serve the 12-in-1 release files in this directory instead of the demo model "
+        "(multi_task_model.bin, detectron_model.pth, the answer pickles; see docs/official-model.md)",
+    )
+    ap.add_argument(
+        "--precision", choices=["fp32", "int8"], default="fp32", help="--official: export precision"
+    )
+    ap.add_argument(
+        "--data", type=Path, help="--official: datasets (official formats) for the export's metric gate"
+    )
+    ap.add_argument(
+        "--outputs",
+        type=Path,
+        default=ROOT,
+        help="--official: where runs/official, artifacts/ and model_repository/ go (default: the checkout)",
+    )
     args = ap.parse_args(argv)
-    paths = Paths()
     start = time.monotonic()
-    build(paths)
-    print(f"demo model ready after {time.monotonic() - start:.0f} s", flush=True)
+    if args.official is None:
+        paths = Paths()
+        build(paths)
+        print(f"demo model ready after {time.monotonic() - start:.0f} s", flush=True)
+        plan_size = len(steps(paths)) + 1
+    else:
+        from bootstrap.official import OfficialBuild, check_release, official_steps
+
+        official = OfficialBuild(args.official.resolve(), args.precision, args.data, args.outputs.resolve())
+        paths = official.paths(check_release(official.release))
+        plan = official_steps(official, paths)
+        build(paths, plan)
+        print(f"official model ready after {time.monotonic() - start:.0f} s", flush=True)
+        plan_size = len(plan) + 1
     if not args.build_only:
-        serve(paths, args.backend, args.host, args.port)
+        serve(paths, args.backend, args.host, args.port, plan_size)

@@ -64,14 +64,20 @@ EXTERNAL_DATA_BYTES = 1_800_000_000
 
 
 class BackboneGraph(nn.Module):
-    """detector_backbone: normalised padded images (N, 3, H, W) -> FPN levels, finest first."""
+    """detector_backbone: normalised padded images (N, 3, H, W) -> FPN levels, finest first, then
+    the RPN head's objectness logits per level, then its box deltas per level (the RPN head's 3x3
+    conv over every level is the heaviest step after the backbone; anchors and proposal selection
+    stay with the caller: `regions.rpn.rpn_proposals`)."""
 
     def __init__(self, detector: nn.Module) -> None:
         super().__init__()
         self.backbone = detector.backbone
+        self.rpn_head = detector.rpn.head
 
     def forward(self, images: Tensor) -> tuple[Tensor, ...]:
-        return tuple(self.backbone(images).values())
+        levels = list(self.backbone(images).values())
+        logits, deltas = self.rpn_head(levels)
+        return (*levels, *logits, *deltas)
 
 
 class BoxHeadGraph(nn.Module):
@@ -112,6 +118,11 @@ def detector_dims(detector: nn.Module) -> DetectorDims:
     levels = len(detector.backbone.fpn.layer_blocks) + 1  # + the max-pooled P6
     if levels != len(dims.fpn_levels):
         raise ValueError(f"detector has {levels} pyramid levels, its preset says {len(dims.fpn_levels)}")
+    anchors = int(detector.rpn.head.cls_logits.out_channels)
+    if anchors != dims.rpn_anchors:
+        raise ValueError(
+            f"detector's RPN has {anchors} anchors per location, its preset says {dims.rpn_anchors}"
+        )
     return dims
 
 

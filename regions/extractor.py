@@ -5,11 +5,13 @@ attributes) by the reference selection rule (`regions.roi_heads.select_regions`)
 `extract_at_boxes` feeds given boxes as the proposals and keeps all of them in order (the reference
 `extract_features_from_gt.py`); `extract_with_boxes` does both from one backbone pass.
 
-The two heavy steps, the backbone (+ FPN) and the box head's MLP, go through a `DetectorCompute`:
-`LocalDetectorCompute` (the default) runs the detector's own torch modules; a remote one (the
-gateway's `server.remote_detector.TritonDetectorCompute`) runs the exported `detector_backbone` /
-`detector_box_head` graphs elsewhere.  Preprocessing, the RPN (head, anchors, proposals), RoIAlign
-pooling, the attribute head and box selection always run here, so both give the same regions.
+The heavy steps, the backbone (+ FPN + the RPN head's convolutions) and the box head's MLP, go
+through a `DetectorCompute`: `LocalDetectorCompute` (the default) runs the detector's own torch
+modules; a remote one (the gateway's `server.remote_detector.TritonDetectorCompute`) runs the
+exported `detector_backbone` / `detector_box_head` graphs elsewhere.  Preprocessing, the rest of the
+RPN (anchors, decoding, proposal selection: `regions.rpn.rpn_proposals`), RoIAlign pooling, the
+attribute head and box selection always run here, so both give the same regions.  A compute whose
+`backbone` returns no RPN head outputs gets the head run here.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from regions.detector import RegionDetector, build_detector
 from regions.inputs import RegionInputs, region_inputs
 from regions.presets import DetectorPreset
 from regions.roi_heads import BoxHeadOutputs, box_geometry, select_regions
+from regions.rpn import rpn_proposals
 from regions.store import RegionRecord
 from regions.transform import as_rgb_array, preprocess
 from regions.weights import load_detector
@@ -103,11 +106,21 @@ def _clipped_boxes(boxes: np.ndarray, image: np.ndarray) -> np.ndarray:
     return b
 
 
-class DetectorCompute(Protocol):
-    """Where the detector's two heavy steps run (the exported `detector_backbone` / `detector_box_head`)."""
+@dataclass
+class BackboneOutputs:
+    """What `DetectorCompute.backbone` gives: the pyramid and, when the compute ran it, the RPN head's
+    per-level outputs (None: the extractor runs the head itself)."""
 
-    def backbone(self, images: Tensor) -> dict[str, Tensor]:
-        """Normalised padded images (N, 3, H, W) -> the FPN levels by the backbone's names, finest first."""
+    features: dict[str, Tensor]  # FPN levels by the backbone's names, finest first
+    rpn_logits: list[Tensor] | None = None  # per level (N, A, H_l, W_l), objectness logits
+    rpn_deltas: list[Tensor] | None = None  # per level (N, 4A, H_l, W_l), anchor box deltas
+
+
+class DetectorCompute(Protocol):
+    """Where the detector's heavy steps run (the exported `detector_backbone` / `detector_box_head`)."""
+
+    def backbone(self, images: Tensor) -> BackboneOutputs:
+        """Normalised padded images (N, 3, H, W) -> the FPN levels [+ the RPN head's outputs]."""
         ...
 
     def box_head(self, box_inputs: Tensor) -> BoxHeadOutputs:
@@ -121,8 +134,10 @@ class LocalDetectorCompute:
     def __init__(self, detector: RegionDetector) -> None:
         self.detector = detector
 
-    def backbone(self, images: Tensor) -> dict[str, Tensor]:
-        return dict(self.detector.backbone(images))
+    def backbone(self, images: Tensor) -> BackboneOutputs:
+        features = dict(self.detector.backbone(images))
+        logits, deltas = self.detector.rpn.head(list(features.values()))
+        return BackboneOutputs(features, list(logits), list(deltas))
 
     def box_head(self, box_inputs: Tensor) -> BoxHeadOutputs:
         det = self.detector
@@ -154,8 +169,9 @@ def box_inputs(
 class RegionExtractor:
     """Batched, inference-only region extraction for one detector.
 
-    `compute` runs the backbone and the box head (default: `LocalDetectorCompute(detector)`); the
-    rest of the detector (RPN, pooling, attribute head, selection) always runs here.
+    `compute` runs the backbone (+ RPN head) and the box head (default:
+    `LocalDetectorCompute(detector)`); the rest of the detector (proposals, pooling, attribute head,
+    selection) always runs here.
     """
 
     def __init__(
@@ -219,16 +235,17 @@ class RegionExtractor:
     @torch.inference_mode()
     def _run(self, images: list[np.ndarray], given: list[np.ndarray] | None) -> list[ImageRegions]:
         image_list, scales = preprocess(images, self.preset.preprocessing)
-        features = self.compute.backbone(image_list.tensors)
-        return self._regions(images, image_list, scales, features, given)
+        computed = self.compute.backbone(image_list.tensors)
+        return self._regions(images, image_list, scales, computed.features, given, computed)
 
     @torch.inference_mode()
     def _run_with_boxes(
         self, images: list[np.ndarray], sets: list[list[np.ndarray]]
     ) -> list[tuple[ImageRegions, list[ImageRegions]]]:
         image_list, scales = preprocess(images, self.preset.preprocessing)
-        features = self.compute.backbone(image_list.tensors)
-        detected = self._regions(images, image_list, scales, features, None)
+        computed = self.compute.backbone(image_list.tensors)
+        features = computed.features
+        detected = self._regions(images, image_list, scales, features, None, computed)
         at_boxes: list[list[ImageRegions]] = [[] for _ in images]
         for r in range(max((len(s) for s in sets), default=0)):  # round r: each image's r-th box list
             idx = [i for i, s in enumerate(sets) if len(s) > r]
@@ -248,10 +265,13 @@ class RegionExtractor:
         scales: list[float],
         features: dict[str, Tensor],
         given: list[np.ndarray] | None,
+        computed: BackboneOutputs | None = None,
     ) -> list[ImageRegions]:
         det, preset = self.detector, self.preset
         if given is None:
-            proposals, _ = det.rpn(image_list, features)
+            logits = computed.rpn_logits if computed is not None else None
+            deltas = computed.rpn_deltas if computed is not None else None
+            proposals = rpn_proposals(det.rpn, image_list, features, logits, deltas)
         else:
             proposals = [torch.from_numpy(b) * s for b, s in zip(given, scales)]
         out = self.compute.box_head(box_inputs(det, features, proposals, image_list.image_sizes))

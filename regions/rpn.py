@@ -3,6 +3,8 @@
 `build_rpn(spec, in_channels)` is torchvision's `RegionProposalNetwork` with an `RPNHead`, a
 `FixedStrideAnchorGenerator` (the preset's strides; cell anchors as loadable buffers) and, for
 maskrcnn-benchmark presets, `LegacyBoxCoder` ("+1" widths), which the box head uses too.
+`rpn_proposals` is that RPN's inference pass split after its head, so the head's outputs may come
+from elsewhere (the exported `detector_backbone` graph computes them).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import Tensor, nn
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.image_list import ImageList
-from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead, concat_box_prediction_layers
 
 from regions.presets import RPNSpec
 
@@ -141,3 +143,29 @@ def build_rpn(spec: RPNSpec, in_channels: int) -> RegionProposalNetwork:
     if spec.legacy_plus_one:
         rpn.box_coder = LegacyBoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
     return rpn
+
+
+def rpn_proposals(
+    rpn: RegionProposalNetwork,
+    images: ImageList,
+    features: dict[str, Tensor],
+    objectness: Sequence[Tensor] | None = None,
+    deltas: Sequence[Tensor] | None = None,
+) -> list[Tensor]:
+    """Proposals per image, as `rpn(images, features)` gives them in eval mode.
+
+    `objectness` / `deltas` are the RPN head's per-level outputs ((N, A, H_l, W_l) and
+    (N, 4A, H_l, W_l), finest level first); without them the head runs here on `features`.  The
+    rest (anchors, decoding, top-n, NMS) is torchvision's `RegionProposalNetwork.forward`.
+    """
+    levels = list(features.values())
+    if objectness is None or deltas is None:
+        objectness, deltas = rpn.head(levels)
+    objectness, deltas = list(objectness), list(deltas)
+    anchors = rpn.anchor_generator(images, levels)
+    num_images = len(anchors)
+    num_anchors_per_level = [o[0].shape[0] * o[0].shape[1] * o[0].shape[2] for o in objectness]
+    flat_objectness, flat_deltas = concat_box_prediction_layers(objectness, deltas)
+    proposals = rpn.box_coder.decode(flat_deltas.detach(), anchors).view(num_images, -1, 4)
+    boxes, _ = rpn.filter_proposals(proposals, flat_objectness, images.image_sizes, num_anchors_per_level)
+    return boxes

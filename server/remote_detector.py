@@ -1,9 +1,10 @@
 """Region extraction's heavy steps through the model backend: the exported detector graphs in Triton.
 
 `TritonDetectorCompute` is a `regions.extractor.DetectorCompute` that runs `detector_backbone`
-(images -> FPN levels) and `detector_box_head` (pooled box inputs -> features, fc7, logits, deltas)
-through a backend's `infer` (the gateway's `TritonBackend`, so a GPU Triton runs them); the
-extractor keeps preprocessing, the RPN, RoIAlign pooling, the attribute head and box selection.
+(images -> FPN levels + the RPN head's objectness logits and box deltas per level) and
+`detector_box_head` (pooled box inputs -> features, fc7, logits, deltas) through a backend's `infer`
+(the gateway's `TritonBackend`, so a GPU Triton runs them); the extractor keeps preprocessing, the
+RPN's anchors and proposal selection, RoIAlign pooling, the attribute head and box selection.
 
 Before its first remote call it checks that the backend serves both graphs and that they compute
 what the gateway's own detector weights compute (a small probe through both, compared within
@@ -32,7 +33,7 @@ from torch import Tensor
 
 from regions.backbone import FPN_LEVELS
 from regions.detector import RegionDetector
-from regions.extractor import LocalDetectorCompute
+from regions.extractor import BackboneOutputs, LocalDetectorCompute
 from regions.roi_heads import BoxHeadOutputs
 from server.backend import BackendError
 from vilbert.contract import (
@@ -45,6 +46,9 @@ from vilbert.contract import (
     FC7,
     REGION_FEATURES,
     detector_dims_from_preset,
+    fpn_output,
+    rpn_deltas_output,
+    rpn_logits_output,
 )
 
 log = logging.getLogger("server")
@@ -69,6 +73,10 @@ class Mode(enum.StrEnum):
     LOCAL = "local"  # graphs differ from the gateway's detector: in-process for good
 
 
+class MissingOutputsError(BackendError):
+    """A graph answered without outputs the contract declares (graphs of an older export)."""
+
+
 def _tensor(array: np.ndarray) -> Tensor:
     # Arrays from tritonclient can be read-only views of the response buffer.
     return torch.from_numpy(np.require(array, dtype=np.float32, requirements=["C", "W"]))
@@ -85,7 +93,9 @@ class TritonDetectorCompute:
         keys = (*FPN_LEVELS, "pool")  # BackboneWithFPN's level names, finest first (P2..P6)
         if len(keys) != len(dims.fpn_levels):
             raise ValueError(f"{len(keys)} pyramid levels, the preset says {len(dims.fpn_levels)}")
-        self.levels = tuple(zip(keys, (f"fpn_{level}" for level in dims.fpn_levels)))
+        self.levels = tuple(zip(keys, (fpn_output(level) for level in dims.fpn_levels)))
+        self.rpn_logits = tuple(rpn_logits_output(level) for level in dims.fpn_levels)
+        self.rpn_deltas = tuple(rpn_deltas_output(level) for level in dims.fpn_levels)
         self.fc6_in_features = dims.fc6_in_features
         self.mode = Mode.UNCHECKED
         self.remote_calls = 0  # graph calls answered by the backend (tests, logs)
@@ -93,7 +103,7 @@ class TritonDetectorCompute:
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ DetectorCompute
-    def backbone(self, images: Tensor) -> dict[str, Tensor]:
+    def backbone(self, images: Tensor) -> BackboneOutputs:
         if self._use_remote():
             try:
                 return self._remote_backbone(images)
@@ -110,10 +120,18 @@ class TritonDetectorCompute:
         return self.local.box_head(box_inputs)
 
     # ------------------------------------------------------------------ remote calls
-    def _remote_backbone(self, images: Tensor) -> dict[str, Tensor]:
+    def _remote_backbone(self, images: Tensor) -> BackboneOutputs:
         out = self.backend.infer(DETECTOR_BACKBONE, {DETECTOR_IMAGES: images.numpy()})
         self.remote_calls += 1
-        return {key: _tensor(out[name]) for key, name in self.levels}
+        wanted = (*(name for _, name in self.levels), *self.rpn_logits, *self.rpn_deltas)
+        missing = [name for name in wanted if name not in out]
+        if missing:  # e.g. a graph exported before the RPN head moved into it
+            raise MissingOutputsError(f"{DETECTOR_BACKBONE} answered without {', '.join(missing)}")
+        return BackboneOutputs(
+            features={key: _tensor(out[name]) for key, name in self.levels},
+            rpn_logits=[_tensor(out[name]) for name in self.rpn_logits],
+            rpn_deltas=[_tensor(out[name]) for name in self.rpn_deltas],
+        )
 
     def _remote_box_head(self, box_inputs: Tensor) -> BoxHeadOutputs:
         out = self.backend.infer(DETECTOR_BOX_HEAD, {BOX_INPUTS: box_inputs.numpy()})
@@ -172,7 +190,15 @@ class TritonDetectorCompute:
         gen = torch.Generator().manual_seed(0)
         images = torch.randn((1, 3, *PROBE_SIZE), generator=gen)
         boxes = torch.randn((PROBE_BOXES, self.fc6_in_features), generator=gen)
-        pairs = list(zip(self._remote_backbone(images).values(), self.local.backbone(images).values()))
+        try:
+            remote_bb = self._remote_backbone(images)
+        except MissingOutputsError as exc:
+            log.error("%s", exc)
+            return float("inf")
+        local_bb = self.local.backbone(images)
+        pairs = list(zip(remote_bb.features.values(), local_bb.features.values()))
+        pairs += list(zip(remote_bb.rpn_logits or [], local_bb.rpn_logits or []))
+        pairs += list(zip(remote_bb.rpn_deltas or [], local_bb.rpn_deltas or []))
         remote, local = self._remote_box_head(boxes), self.local.box_head(boxes)
         for f in dataclasses.fields(BoxHeadOutputs):
             pairs.append((getattr(remote, f.name), getattr(local, f.name)))

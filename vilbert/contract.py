@@ -16,7 +16,8 @@ Graphs (one Triton model each)::
                          answer / answer_gqa / match / triple:  fused (B, H_bi)        -> logits (B, C)
                          region:  region_states (B, R, H_v), region_mask (B, R)        -> logits (B, R)
                          pair:    fused_pairs (B, I, H_bi), I = images_per_example     -> logits (B, 2)
-    detector_backbone  images (N, 3, H, W) -> the FPN levels            (optional: needs detector weights)
+    detector_backbone  images (N, 3, H, W) -> the FPN levels, and per level the RPN head's objectness
+                       logits and box deltas                            (optional: needs detector weights)
     detector_box_head  box_inputs (K, C*7*7[+6]) -> region features, fc7, class logits, box deltas
 
 Per-task routing (`Route`): the client runs `trunk` with the task's id in `task_ids`, then the
@@ -156,6 +157,7 @@ class DetectorDims:
     feature_dim: int  # fc6/fc7 width = the region-feature size
     num_classes: int  # background included
     size_divisibility: int
+    rpn_anchors: int  # anchors per location (the RPN head's objectness channels; deltas: 4x)
 
 
 def detector_dims_from_preset(preset: object) -> DetectorDims:
@@ -172,6 +174,7 @@ def detector_dims_from_preset(preset: object) -> DetectorDims:
         feature_dim=preset.feature_dim,  # type: ignore[attr-defined]
         num_classes=preset.num_classes,  # type: ignore[attr-defined]
         size_divisibility=preset.preprocessing.size_divisibility,  # type: ignore[attr-defined]
+        rpn_anchors=preset.rpn.num_anchors_per_location,  # type: ignore[attr-defined]
     )
 
 
@@ -204,6 +207,21 @@ BOX_INPUTS = "box_inputs"
 FC7 = "fc7"
 CLASS_LOGITS = "class_logits"
 BOX_REGRESSION = "box_regression"
+
+
+def fpn_output(level: str) -> str:
+    """detector_backbone's pyramid level `level` ("p2".."p6")."""
+    return f"fpn_{level}"
+
+
+def rpn_logits_output(level: str) -> str:
+    """detector_backbone's RPN objectness logits on pyramid level `level`: (N, A, H_l, W_l)."""
+    return f"rpn_logits_{level}"
+
+
+def rpn_deltas_output(level: str) -> str:
+    """detector_backbone's RPN box deltas on pyramid level `level`: (N, 4A, H_l, W_l)."""
+    return f"rpn_deltas_{level}"
 
 
 def trunk_graph(cfg: ViLBERTConfig) -> GraphSpec:
@@ -444,18 +462,28 @@ def used_heads() -> tuple[Head, ...]:
 
 
 def detector_graphs(det: DetectorDims) -> tuple[GraphSpec, GraphSpec]:
+    """detector_backbone outputs: every FPN level (finest first), then every level's RPN objectness
+    logits, then every level's RPN box deltas (the RPN head runs in the graph; anchors, decoding and
+    proposal selection stay with the caller)."""
+
+    def level_out(name: str, level: str, channels: int) -> TensorSpec:
+        return TensorSpec(name, DType.FP32, (BATCH, channels, f"{HEIGHT}_{level}", f"{WIDTH}_{level}"))
+
+    levels = det.fpn_levels
     backbone = GraphSpec(
         name=DETECTOR_BACKBONE,
         kind=GraphKind.DETECTOR,
         inputs=(TensorSpec(DETECTOR_IMAGES, DType.FP32, (BATCH, 3, HEIGHT, WIDTH)),),
-        outputs=tuple(
-            TensorSpec(
-                f"fpn_{level}", DType.FP32, (BATCH, det.fpn_channels, f"{HEIGHT}_{level}", f"{WIDTH}_{level}")
-            )
-            for level in det.fpn_levels
+        outputs=(
+            *(level_out(fpn_output(lv), lv, det.fpn_channels) for lv in levels),
+            *(level_out(rpn_logits_output(lv), lv, det.rpn_anchors) for lv in levels),
+            *(level_out(rpn_deltas_output(lv), lv, 4 * det.rpn_anchors) for lv in levels),
         ),
         batched=False,
-        description=f"{det.preset} detector: backbone + FPN (normalised, padded images -> pyramid)",
+        description=(
+            f"{det.preset} detector: backbone + FPN + RPN head "
+            "(normalised, padded images -> pyramid, objectness logits, box deltas)"
+        ),
     )
     box_head = GraphSpec(
         name=DETECTOR_BOX_HEAD,

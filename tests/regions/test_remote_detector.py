@@ -15,8 +15,15 @@ import pytest
 import torch
 
 from regions.detector import build_detector
-from regions.extractor import ImageRegions, LocalDetectorCompute, RegionExtractor, box_inputs
+from regions.extractor import (
+    BackboneOutputs,
+    ImageRegions,
+    LocalDetectorCompute,
+    RegionExtractor,
+    box_inputs,
+)
 from regions.roi_heads import BoxHeadOutputs
+from regions.rpn import rpn_proposals
 from regions.transform import preprocess
 from server.backend import BackendError
 from server.remote_detector import Mode, TritonDetectorCompute, remote_detector_compute
@@ -32,6 +39,9 @@ from vilbert.contract import (
     FC7,
     REGION_FEATURES,
     detector_dims_from_preset,
+    fpn_output,
+    rpn_deltas_output,
+    rpn_logits_output,
 )
 
 
@@ -76,9 +86,12 @@ class CountingCompute:
 class ModuleBackend:
     """A backend serving the detector graphs from a detector's torch modules, by contract names."""
 
-    def __init__(self, detector, fail: bool = False) -> None:
+    def __init__(self, detector, fail: bool = False, with_rpn: bool = True) -> None:
         self.compute = LocalDetectorCompute(detector)
-        self.levels = [f"fpn_{lv}" for lv in detector_dims_from_preset(detector.preset).fpn_levels]
+        levels = detector_dims_from_preset(detector.preset).fpn_levels
+        self.levels = [fpn_output(lv) for lv in levels]
+        self.rpn_names = ([rpn_logits_output(lv) for lv in levels], [rpn_deltas_output(lv) for lv in levels])
+        self.with_rpn = with_rpn  # False: a backbone graph of an export before the RPN head moved in
         self.fail = fail
         self.calls: list[str] = []
 
@@ -91,9 +104,12 @@ class ModuleBackend:
         if self.fail:
             raise BackendError(f"triton {model}: connection refused")
         if model == DETECTOR_BACKBONE:
-            levels = self.compute.backbone(torch.from_numpy(inputs[DETECTOR_IMAGES]))
+            bb = self.compute.backbone(torch.from_numpy(inputs[DETECTOR_IMAGES]))
             # Read-only arrays, as tritonclient's responses can be.
-            out = {n: v.numpy().copy() for n, v in zip(self.levels, levels.values())}
+            out = {n: v.numpy().copy() for n, v in zip(self.levels, bb.features.values())}
+            if self.with_rpn:
+                for names, values in zip(self.rpn_names, (bb.rpn_logits, bb.rpn_deltas)):
+                    out.update({n: v.numpy().copy() for n, v in zip(names, values)})
         else:
             o = self.compute.box_head(torch.from_numpy(inputs[BOX_INPUTS]))
             out = {
@@ -111,13 +127,74 @@ def test_default_compute_is_the_detectors_own_arithmetic():
     det = _detector()
     image_list, _ = preprocess(_images(), det.preset.preprocessing)
     with torch.inference_mode():
-        feats = LocalDetectorCompute(det).backbone(image_list.tensors)
+        feats = LocalDetectorCompute(det).backbone(image_list.tensors).features
         proposals, _ = det.rpn(image_list, feats)
         want = det.box_head_outputs(feats, proposals, image_list.image_sizes)
         got = LocalDetectorCompute(det).box_head(box_inputs(det, feats, proposals, image_list.image_sizes))
     for name in ("features", "fc7", "class_logits", "box_regression"):
         assert torch.equal(getattr(got, name), getattr(want, name)), name
     assert got.features.shape[1] == det.preset.feature_dim
+
+
+def test_proposals_from_the_head_outputs_are_the_rpns_own():
+    """`rpn_proposals` with the RPN head's outputs given (as the backbone graph returns them), or
+    run here, gives exactly `rpn(images, features)`'s proposals."""
+    det = _detector()
+    image_list, _ = preprocess(_images(), det.preset.preprocessing)
+    with torch.inference_mode():
+        bb = LocalDetectorCompute(det).backbone(image_list.tensors)
+        want, _ = det.rpn(image_list, bb.features)
+        given = rpn_proposals(det.rpn, image_list, bb.features, bb.rpn_logits, bb.rpn_deltas)
+        here = rpn_proposals(det.rpn, image_list, bb.features)
+    anchors = det.preset.rpn.num_anchors_per_location
+    assert [t.shape[1] for t in bb.rpn_logits] == [anchors] * len(bb.features)
+    assert [t.shape[1] for t in bb.rpn_deltas] == [4 * anchors] * len(bb.features)
+    assert [t.shape[-2:] for t in bb.rpn_logits] == [f.shape[-2:] for f in bb.features.values()]
+    assert len(want) == 2 and all(len(w) for w in want)
+    for w, g, h in zip(want, given, here):
+        assert torch.equal(w, g) and torch.equal(w, h)
+
+
+class FeaturesOnlyCompute(CountingCompute):
+    """A compute that leaves the RPN head to the extractor."""
+
+    def backbone(self, images):
+        self.calls["backbone"] += 1
+        return BackboneOutputs(dict(self.inner.detector.backbone(images)))
+
+
+def _count_rpn_head_calls(det) -> dict[str, int]:
+    calls = {"rpn_head": 0}
+    det.rpn.head.register_forward_hook(lambda *_: calls.__setitem__("rpn_head", calls["rpn_head"] + 1))
+    return calls
+
+
+def test_the_extractor_runs_the_rpn_head_only_when_the_compute_did_not():
+    det = _detector()
+    images = _images()
+    want = RegionExtractor(det, batch_size=2).extract(images)
+    calls = _count_rpn_head_calls(det)
+    _same(RegionExtractor(det, batch_size=2, compute=FeaturesOnlyCompute(det)).extract(images), want)
+    assert calls["rpn_head"] == 1  # run by the extractor
+    compute = TritonDetectorCompute(ModuleBackend(_detector()), det)  # same weights (seed 0)
+    extractor = RegionExtractor(det, batch_size=2, compute=compute)
+    extractor.extract(images[:1])  # the probe runs the local head once
+    assert compute.mode is Mode.REMOTE
+    before = calls["rpn_head"]
+    _same(extractor.extract(images), want)
+    assert calls["rpn_head"] == before  # the remote backbone supplied the RPN head's outputs
+
+
+def test_backbone_graphs_without_rpn_outputs_are_refused(caplog):
+    det = _detector()
+    backend = ModuleBackend(det, with_rpn=False)
+    compute = TritonDetectorCompute(backend, det)
+    images = _images()
+    with caplog.at_level("ERROR", logger="server"):
+        got = RegionExtractor(det, batch_size=2, compute=compute).extract(images)
+    assert compute.mode is Mode.LOCAL
+    assert rpn_logits_output("p2") in caplog.text
+    _same(got, RegionExtractor(det, batch_size=2).extract(images))
 
 
 def test_a_given_compute_runs_both_steps_with_identical_regions():

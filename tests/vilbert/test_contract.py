@@ -204,7 +204,7 @@ def _contract_names() -> set[str]:
     The detector graphs' tensors are left out: the gateway runs its detector in-process (`regions`),
     never through those graphs, and their input's name, ``images``, is also a request field.
     """
-    detector = DetectorDims("d", 8, ("p2", "p3"), 16, 8, 3, 32)
+    detector = DetectorDims("d", 8, ("p2", "p3"), 16, 8, 3, 32, 3)
     spec = build_spec(preset("tiny", prefilter_dim=8), detector)
     names = {g.name for g in spec.graphs} | {HEAD_PREFIX}
     assert {DETECTOR_BACKBONE, DETECTOR_BOX_HEAD} <= names

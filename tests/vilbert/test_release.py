@@ -419,3 +419,22 @@ def test_fit_starts_from_the_converted_pretrained_model(tmp_path):
     assert len(final.answers["vqa"]) == 3
     changed = [k for k, v in final.model.state_dict().items() if not torch.equal(v, start[k])]
     assert "heads.answer.out.weight" in changed and "trunk.text_layers.0.attention.query.weight" in changed
+
+
+@pytest.mark.slow
+def test_release_with_the_released_detector_files(tmp_path, capsys):
+    """The detector as released: its 810 tensors (+ the fork's attribute head), the X-152 config and
+    Visual Genome's 1600 / 400 names, imported into vg-x152-fpn (5 s, 3 GB peak)."""
+    rel = write_fake_release(tmp_path / "release", cfg=preset("tiny"), attribute_head=True)
+    cfg = official_json(tmp_path, preset("tiny"))
+    out = tmp_path / "out"
+    assert convert_main(["--release", str(rel.root), "--out", str(out), "--config", str(cfg)]) == 0
+    assert "detectron_config.yaml: 12 fields agree with the vg-x152-fpn preset" in capsys.readouterr().out
+    from regions.weights import load_detector
+
+    detector = load_detector(out / "detector" / "vg-x152-fpn.safetensors")
+    assert len(detector.preset.class_names) == 1600 and detector.preset.class_names[7] == "object7"
+    assert len(detector.preset.attributes.groups[0].value_names) == 400
+    step = json.loads((out / "release.json").read_text())["steps"]["detector"]
+    assert step["attribute_head"] and step["attribute_names"] == "attributes_vocab.txt"
+    assert step["parameters"] == 207_579_300  # the release's 205,784,084 + the attribute head
