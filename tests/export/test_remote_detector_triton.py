@@ -1,7 +1,7 @@
 """Region extraction through the REAL bundled tritonserver: a tiny detector's `detector_backbone` and
 `detector_box_head` graphs exported into a repository of their own, served by Triton's python
 backend, called by the gateway's `TritonBackend` from `server.remote_detector.TritonDetectorCompute`;
-the regions must be those of in-process extraction."""
+the regions must be those of in-process extraction (the RPN head runs in `detector_backbone`)."""
 
 from __future__ import annotations
 
@@ -65,6 +65,8 @@ def test_regions_through_triton_match_in_process(served):
     rng = np.random.default_rng(7)
     images = [np.asarray(render_scene(rng, w, h, 3)[0]) for w, h in ((200, 160), (128, 176))]
     backend = TritonBackend(server.http_url)
+    rpn_head_calls = []
+    hook = detector.rpn.head.register_forward_hook(lambda *_: rpn_head_calls.append(1))
     try:
         compute = TritonDetectorCompute(backend, detector)
         remote = RegionExtractor(detector, batch_size=1, compute=compute)
@@ -73,7 +75,9 @@ def test_regions_through_triton_match_in_process(served):
         got_at = remote.extract_at_boxes(images, given)
     finally:
         backend.close()
+        hook.remove()
     assert compute.mode is Mode.REMOTE
+    assert len(rpn_head_calls) == 1  # the probe's in-process reference only: Triton ran the RPN head
     assert compute.remote_calls == 2 + 4 * len(images)  # probe, then backbone + box head per call
     local = RegionExtractor(detector, batch_size=1)
     want, want_at = local.extract(images), local.extract_at_boxes(images, given)
