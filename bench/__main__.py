@@ -10,7 +10,8 @@ Writes `bench/results/latest.json` and regenerates `docs/performance.md`.  Secti
 4. serving: gateway (local / triton) vs in-process onnxruntime, padding, concurrency, cold vs cached
    image, peak memory (the served demo model);
 5. retrieval over galleries of 100 and 1000 images (bench/retrieval.py when present);
-6. TensorRT fp16 vs eager PyTorch when a CUDA device is present (otherwise it says so).
+6. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
+   onnxruntime TensorRT EP fp16 at batch 1 and 8; without one the section reads "n/a: no CUDA device".
 
 `--quick` runs every section with fewer repetitions and examples (minutes, not tens of minutes).
 """
@@ -136,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     if "retrieval" in want:
         result["retrieval"] = section_retrieval(args)
     if "gpu" in want:
-        result["gpu"] = section_gpu()
+        result["gpu"] = section_gpu(args)
     result["machine"]["load_average_end"] = machine.load_average()
     result["seconds"] = round(time.perf_counter() - started, 1)
     if args.merge and args.out.is_file():
@@ -345,21 +346,17 @@ def _retrieval_markdown(section: dict | None) -> str:
         return f"(bench/retrieval.py could not render its result: {exc})\n"
 
 
-def section_gpu() -> dict:
-    import torch
+def section_gpu(args) -> dict:
+    """bench/gpu.py: the `--preset` trunk on CUDA, eager fp32/fp16 vs onnxruntime CUDA fp16 vs TensorRT fp16
+    at batch 1 and 8; `{"n/a": "n/a: no CUDA device (...)"}` without one."""
+    from bench import gpu
 
-    if not torch.cuda.is_available():
-        return {
-            "skipped": "no CUDA device on this machine (torch.cuda.is_available() is False): TensorRT fp16 "
-            "vs "
-            "eager PyTorch is measured only where a GPU is present"
-        }
-    from export.graphs import cuda_available
-
-    return {
-        "skipped": "a CUDA device is present but the TensorRT comparison is not implemented in this run"
-        + ("" if cuda_available() else " (and onnxruntime has no CUDA provider)")
-    }
+    reason = gpu.unavailable()
+    if reason is not None:
+        log(f"gpu: {reason}")
+        return {"n/a": reason}
+    log(f"gpu: {args.preset} trunk, eager PyTorch vs onnxruntime CUDA fp16 vs TensorRT fp16 ...")
+    return gpu.run(args.preset, quick=args.quick, work=WORK / "gpu", log=log)
 
 
 if __name__ == "__main__":

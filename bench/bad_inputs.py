@@ -1,4 +1,4 @@
-"""A catalogue of hostile and odd requests (shared/reference/bad-inputs.md) and the answers they must get.
+"""A catalogue of hostile and odd requests (image bombs, bad text, schema and transport abuse), with answers.
 
 Each `Case` is one HTTP request plus the set of statuses that count as a correct answer: a 4xx that
 names the problem for bad input, 200 for odd-but-valid input.  A 5xx is never in the set.  The same

@@ -167,11 +167,12 @@ def checks(r: dict) -> list[dict]:
         }
         for claim, value, target, fmt, way, info in rows
     ]
-    gpu = r.get("gpu")
-    value = "not run" if gpu is None else gpu.get("skipped", "measured")
+    from bench.gpu import summary
+
+    value = summary(r.get("gpu"))
     out.append(
         {
-            "claim": "TensorRT fp16 vs eager PyTorch (GPU machines only)",
+            "claim": "TensorRT / CUDA fp16 vs eager PyTorch (GPU machines only)",
             "value": value,
             "target": None,
             "raw": None,
@@ -245,8 +246,9 @@ def render(r: dict, retrieval_md: str = "") -> str:
             ]
             for size, row in fallback.items():
                 lines.append(f"| {size} | {_ms(row.get('exhaustive_s'))} | {_ms(row.get('two_stage_s'))} |")
-    gpu = r.get("gpu")
-    lines += ["", "## GPU", "", "not run" if gpu is None else str(gpu.get("skipped", "measured"))]
+    from bench.gpu import markdown as gpu_markdown
+
+    lines += ["", "## GPU", "", *gpu_markdown(r.get("gpu"))]
     if r.get("notes"):
         lines += ["", "## Notes", "", *(f"- {n}" for n in r["notes"])]
     return "\n".join(lines) + "\n"

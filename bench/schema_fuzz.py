@@ -5,7 +5,8 @@
 failures instead of stopping at the first: no 5xx (`not_a_server_error`), every status and body as
 documented (`status_code_conformance`, `response_schema_conformance`, `content_type_conformance`)
 and invalid input refused with a 4xx (`negative_data_rejection`).  Used by
-`tests/server/test_schema_fuzz.py` (a bounded run) and `python -m bench.reliability` (a longer one).
+`tests/server/test_reliability.py` (`test_schema_fuzz_no_server_error_no_schema_violation`, a bounded
+run) and `python -m bench.reliability` (a longer one).
 """
 
 from __future__ import annotations

@@ -25,9 +25,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from regions.roi_heads import box_head_mlp
 from vilbert.contract import (
     ATTENTION_MASK,
     BATCH,
@@ -83,9 +83,8 @@ class BackboneGraph(nn.Module):
 class BoxHeadGraph(nn.Module):
     """detector_box_head: RoI-pooled box inputs (K, C*r*r [+6]) -> features, fc7, class logits, deltas.
 
-    The same arithmetic as `RegionDetector.box_head_outputs` after its pooling step (that method
-    pools and runs the MLP in one call, so the MLP is restated here; the parity gate checks the two
-    agree on pooled real boxes).
+    `regions.roi_heads.box_head_mlp`, the step `RegionDetector.box_head_outputs` runs after pooling
+    (the parity gate checks the two agree on pooled real boxes).
     """
 
     def __init__(self, detector: nn.Module) -> None:
@@ -95,11 +94,8 @@ class BoxHeadGraph(nn.Module):
         self.fc6_relu = bool(detector.preset.box_head.fc6_relu)
 
     def forward(self, box_inputs: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        fc6_pre = self.box_head.fc6(box_inputs)
-        fc6 = F.relu(fc6_pre)
-        fc7 = F.relu(self.box_head.fc7(fc6))
-        class_logits, box_regression = self.predictor(fc7)
-        return (fc6 if self.fc6_relu else fc6_pre), fc7, class_logits, box_regression
+        out = box_head_mlp(self.box_head, self.predictor, self.fc6_relu, box_inputs)
+        return out.features, out.fc7, out.class_logits, out.box_regression
 
 
 def graph_module(graph: GraphSpec, model: MultiTaskViLBERT | None, detector: nn.Module | None) -> nn.Module:

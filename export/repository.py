@@ -21,14 +21,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 from export.triton_config import Backend, Deployment, render_config
 from vilbert.contract import SPEC_VERSION, ExportSpec, GraphSpec, TensorSpec
-from vilbert.io import atomic_write_dir
+from vilbert.io import atomic_write_dir, link_or_copy
 from vilbert.tasks import TASK_TABLE_VERSION, TASKS, as_dict
 
 TASKS_FILE = "tasks.json"
@@ -101,15 +100,6 @@ def stale_reason(repository: Path, checkpoint: Path) -> str | None:
     return None
 
 
-def _place(src: Path, dst: Path) -> None:
-    """Hard-link when possible (graphs can be a gigabyte), else copy."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def write_model(
     root: Path, graph: GraphSpec, spec: ExportSpec, dep: Deployment, file: Path, version: int
 ) -> Path:
@@ -118,10 +108,10 @@ def write_model(
     vdir = folder / str(version)
     vdir.mkdir(parents=True, exist_ok=True)
     (folder / "config.pbtxt").write_text(render_config(graph, spec, dep))
-    _place(file, vdir / dep.backend.model_file)
+    link_or_copy(file, vdir / dep.backend.model_file)
     data = file.with_name(file.name + ".data")
     if data.exists():  # external weights keep the name the graph refers to
-        _place(data, vdir / data.name)
+        link_or_copy(data, vdir / data.name)
     if dep.backend is Backend.PYTHON:
         shutil.copy2(PYTHON_MODEL, vdir / "model.py")
     return vdir / dep.backend.model_file

@@ -8,7 +8,8 @@ thing as a context manager for tests and for `make serve` (free ports unless giv
     with TritonServer("model_repository") as server:
         client = tritonclient.http.InferenceServerClient(server.http_url)
 
-What the wheel needs on a CPU machine (shared/reference/triton-on-cpu.md):
+What the wheel (nvidia-pytriton 0.7.0, numpy<2) needs on a CPU machine, as checked on this project's
+machines (on one without a GPU it logs "Failed to initialize NVML" and carries on):
 
 - the python backend's folder must hold a ``triton_python_backend_stub`` for this Python version;
   the wheel ships stubs per version beside it, so a private copy of the backends folder gets the

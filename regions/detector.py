@@ -27,6 +27,7 @@ from regions.roi_heads import (
     AttributeHead,
     BoxHeadOutputs,
     box_geometry,
+    box_head_mlp,
     build_attribute_head,
     build_roi_heads,
 )
@@ -60,14 +61,7 @@ class RegionDetector(nn.Module):
         x = pooled.flatten(1)
         if self.preset.box_head.geometry_features:
             x = torch.cat([x, box_geometry(boxes, image_sizes)], dim=1)  # (K, C_fpn*49 + 6)
-        fc6_pre = head.fc6(x)
-        fc6 = F.relu(fc6_pre)
-        fc7 = F.relu(head.fc7(fc6))
-        class_logits, box_regression = self.roi_heads.box_predictor(fc7)
-        feats = fc6 if self.preset.box_head.fc6_relu else fc6_pre
-        return BoxHeadOutputs(
-            features=feats, fc7=fc7, class_logits=class_logits, box_regression=box_regression
-        )
+        return box_head_mlp(head, self.roi_heads.box_predictor, self.preset.box_head.fc6_relu, x)
 
     def attribute_logits(self, fc7: Tensor, class_ids: Tensor) -> Tensor | None:
         """Attribute logits conditioned on `class_ids` (with background = 0), or None without a head."""

@@ -74,6 +74,11 @@ class ExtractionStats:
         return self.extracted / self.seconds if self.seconds > 0 else 0.0
 
 
+def _image_bar(total: int, desc: str, progress: bool) -> tqdm:
+    """The progress bar of an extraction run, on stderr (stdout carries the summary)."""
+    return tqdm(total=total, desc=desc, unit="img", disable=not progress, file=sys.stderr)
+
+
 def list_images(root: Path) -> list[Path]:
     """Image files under `root` (recursively), in a stable order."""
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
@@ -194,13 +199,7 @@ def extract_directory(
     ) as writer:
         pending = [(i, p) for i, p in todo if i not in writer]
         stats.skipped_existing = len(todo) - len(pending)
-        bar = tqdm(
-            total=len(pending),
-            desc=f"extract {extractor.preset.name}",
-            unit="img",
-            disable=not progress,
-            file=sys.stderr,
-        )
+        bar = _image_bar(len(pending), f"extract {extractor.preset.name}", progress)
         for start in range(0, len(pending), batch_size):
             chunk = pending[start : start + batch_size]
             decoded, kept = [], []
@@ -310,13 +309,7 @@ def extract_feature_jobs(
                 else:
                     wanted.setdefault(item["image"], []).append((job["lmdb"], item["key"]))
         images = list(wanted) + [im for im in gt_wanted if im not in wanted]
-        bar = tqdm(
-            total=len(images),
-            desc=f"world features ({extractor.preset.name})",
-            unit="img",
-            disable=not progress,
-            file=sys.stderr,
-        )
+        bar = _image_bar(len(images), f"world features ({extractor.preset.name})", progress)
         for start in range(0, len(images), batch_size):
             chunk = images[start : start + batch_size]
             decoded, ok = _decode_all(data, chunk, stats.failed)

@@ -32,7 +32,7 @@ from regions.decode import DecodedImage
 from regions.detector import RegionDetector, build_detector
 from regions.inputs import RegionInputs, region_inputs
 from regions.presets import DetectorPreset
-from regions.roi_heads import BoxHeadOutputs, box_geometry, select_regions
+from regions.roi_heads import BoxHeadOutputs, box_geometry, box_head_mlp, select_regions
 from regions.rpn import rpn_proposals
 from regions.store import RegionRecord
 from regions.transform import as_rgb_array, preprocess
@@ -141,14 +141,8 @@ class LocalDetectorCompute:
 
     def box_head(self, box_inputs: Tensor) -> BoxHeadOutputs:
         det = self.detector
-        head = det.roi_heads.box_head
-        fc6_pre = head.fc6(box_inputs)
-        fc6 = F.relu(fc6_pre)
-        fc7 = F.relu(head.fc7(fc6))
-        class_logits, box_regression = det.roi_heads.box_predictor(fc7)
-        feats = fc6 if det.preset.box_head.fc6_relu else fc6_pre
-        return BoxHeadOutputs(
-            features=feats, fc7=fc7, class_logits=class_logits, box_regression=box_regression
+        return box_head_mlp(
+            det.roi_heads.box_head, det.roi_heads.box_predictor, det.preset.box_head.fc6_relu, box_inputs
         )
 
 

@@ -82,6 +82,26 @@ class BoxHeadOutputs:
     box_regression: Tensor  # (K, 4C)
 
 
+def box_head_mlp(
+    box_head: TwoMLPHead, predictor: FastRCNNPredictor, fc6_relu: bool, box_inputs: Tensor
+) -> BoxHeadOutputs:
+    """RoI-pooled box inputs (K, C*r*r [+6]) -> fc6 -> fc7 -> predictor: the detector's box MLP.
+
+    One definition for the detector (`RegionDetector.box_head_outputs`), the in-process compute
+    (`LocalDetectorCompute.box_head`) and the exported `detector_box_head` graph.
+    """
+    fc6_pre = box_head.fc6(box_inputs)
+    fc6 = F.relu(fc6_pre)
+    fc7 = F.relu(box_head.fc7(fc6))
+    class_logits, box_regression = predictor(fc7)
+    return BoxHeadOutputs(
+        features=fc6 if fc6_relu else fc6_pre,
+        fc7=fc7,
+        class_logits=class_logits,
+        box_regression=box_regression,
+    )
+
+
 def build_roi_heads(preset: DetectorPreset) -> RoIHeads:
     """The box branch of `preset`: pooler, fc6/fc7 MLP, class and box predictor, sampling settings."""
     bh = preset.box_head

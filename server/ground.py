@@ -15,7 +15,7 @@ from regions.inputs import box_locations
 from server import schemas as s
 from server.errors import InvalidInputError
 from server.images import ImageInput, Images, box_out
-from server.inference import Inference, clamp_top_k, inputs_of, pad_regions, sigmoid
+from server.inference import Inference, best_first, clamp_top_k, inputs_of, pad_regions, sigmoid
 from server.settings import Settings
 from vilbert.tasks import Endpoint, Readout, Task, task_for_dataset, tasks_for_endpoint
 
@@ -56,11 +56,10 @@ class Ground:
         if len(choices) == 0:
             return s.GroundResponse(task=task.slug, regions=[], no_match=True)
         regions = pad_regions([(feats, locs, boxes)])
-        out = self.inference.trunk(task, ids, mask, regions, rid)
-        logits = self.inference.head(task, out, regions.mask, rid)[0]
+        logits = self.inference.example_logits(task, ids, mask, regions, rid)
         probs = sigmoid(logits[choices])
         k = clamp_top_k(req.top_k, len(choices), self.settings.max_top_k)
-        order = np.argsort(-probs, kind="stable")[:k]
+        order = best_first(probs, k)
         found = [
             s.RegionOut(box=box_out(boxes[choices[i]]), score=float(probs[i]), label=labels[choices[i]])
             for i in order

@@ -121,6 +121,11 @@ def clamp_top_k(top_k: int, available: int, limit: int) -> int:
     return max(1, min(top_k, available))
 
 
+def best_first(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the `k` highest scores, highest first (ties keep their input order)."""
+    return np.argsort(-scores, kind="stable")[:k]
+
+
 class Inference:
     """Text and regions in, graph outputs out, through a `Backend`."""
 
@@ -194,6 +199,13 @@ class Inference:
         feeds = head_feeds(task.head, trunk_out, region_mask, task.images_per_example)
         with self.metrics.time_stage("head"):
             return self.infer(head_graph_name(task.head), feeds, rid)[LOGITS]
+
+    def example_logits(
+        self, task: Task, ids: np.ndarray, mask: np.ndarray, regions: PaddedRegions, rid: str | None
+    ) -> np.ndarray:
+        """`trunk` then the task's head for one example (its trunk rows: one per (text, image) pair)."""
+        out = self.trunk(task, ids, mask, regions, rid)
+        return self.head(task, out, regions.mask, rid)[0]
 
     # ------------------------------------------------------------------------------------------ retrieval
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from server import schemas as s
 from server.errors import InvalidInputError, NotFoundError
 from server.galleries import Galleries
 from server.images import Images
-from server.inference import Inference, clamp_top_k
+from server.inference import Inference, best_first, clamp_top_k
 from server.region_cache import CachedRegions
 from server.settings import Settings
 from vilbert.contract import CAPTION_EMBEDDING, PREFILTER_TEXT
@@ -62,7 +60,7 @@ class Retrieve:
         ids, mask = model.tokens(caption, task)
         if mode is s.RetrieveMode.EXHAUSTIVE:
             scores = model.match_scores(task, caption, images, rid)
-            order = np.argsort(-scores, kind="stable")[:k]
+            order = best_first(scores, k)
             ranked = [(int(i), float(scores[i])) for i in order]
             scored = len(images)
         else:
@@ -73,9 +71,9 @@ class Retrieve:
                 query = model.infer(PREFILTER_TEXT, prefix, rid)[CAPTION_EMBEDDING][0]
                 coarse = embeddings @ query  # cosine similarities (unit vectors)
             rerank = max(req.rerank_k or self.settings.retrieve_rerank_k, k)
-            candidates = np.argsort(-coarse, kind="stable")[:rerank]
+            candidates = best_first(coarse, rerank)
             scores = model.match_scores(task, caption, [images[i] for i in candidates], rid, prefix)
-            order = np.argsort(-scores, kind="stable")[:k]
+            order = best_first(scores, k)
             ranked = [(int(candidates[j]), float(scores[j])) for j in order]
             scored = len(candidates)
         return s.RetrieveResponse(

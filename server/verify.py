@@ -38,8 +38,7 @@ class Verify:
         rows = len(images)
         ids, mask = self.inference.tokens(statement, task, rows)
         regions = batch_of(images, task.max_regions)
-        out = self.inference.trunk(task, ids, mask, regions, rid)  # rows: (statement, image i)
-        logits = self.inference.head(task, out, regions.mask, rid)[0]
+        logits = self.inference.example_logits(task, ids, mask, regions, rid)  # rows: (statement, image i)
         probs = softmax(logits)
         labels = task.labels or tuple(f"label_{i}" for i in range(len(probs)))
         best = int(np.argmax(probs))

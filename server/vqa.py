@@ -8,11 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-import numpy as np
-
 from server import schemas as s
 from server.images import Images
-from server.inference import Inference, batch_of, clamp_top_k, sigmoid
+from server.inference import Inference, batch_of, best_first, clamp_top_k, sigmoid
 from server.settings import Settings
 from vilbert.tasks import Endpoint, task_for_dataset
 
@@ -34,13 +32,12 @@ class VQA:
         image = self.images.resolve(req.image, uploads, "image")
         ids, mask = self.inference.tokens(question, task)
         regions = batch_of([image.regions], task.max_regions)
-        out = self.inference.trunk(task, ids, mask, regions, rid)
-        logits = self.inference.head(task, out, regions.mask, rid)[0]
+        logits = self.inference.example_logits(task, ids, mask, regions, rid)
         vocab = self.answers.get(task.answer_vocab) or [f"answer_{i}" for i in range(len(logits))]
         n = min(len(vocab), len(logits))
         probs = sigmoid(logits[:n])
         k = clamp_top_k(req.top_k, n, self.settings.max_top_k)
-        order = np.argsort(-probs, kind="stable")[:k]
+        order = best_first(probs, k)
         return s.VQAResponse(
             task=task.slug, answers=[s.Answer(answer=vocab[i], score=float(probs[i])) for i in order]
         )

@@ -293,6 +293,7 @@ def write_fake_release(
     detector_config: bool = True,
     vg_qa_answers: bool = False,
     attribute_head: bool = False,
+    detector_values: str = "index",
     seed: int = 0,
 ) -> FakeRelease:
     """A 12-in-1 release directory in the reference layout (`vilbert/release.py`), random weights
@@ -302,6 +303,9 @@ def write_fake_release(
     detector_preset: the detector's preset (None: vg-x152-fpn, the released 810 tensors, filled with
       one broadcast value each so the 205M-parameter file is small; a preset: random values at its shapes).
     answers / vocabularies / detector_config / vg_qa_answers: write those files.
+    detector_values: for the released detector: "index" (one broadcast value per tensor: small file,
+      for checking where each tensor lands; the network's outputs overflow) or "random" (init-like
+      random values that run to finite boxes and features: a 0.8 GB file, for serving tests).
     """
     from vilbert.config import base
     from vilbert.release import (
@@ -336,7 +340,9 @@ def write_fake_release(
         preset = detector_preset or VG_X152_FPN
         out.detector = root / DETECTOR_FILE
         if detector_preset is None:
-            fake_detectron_checkpoint(out.detector, attribute_head=attribute_head, seed=seed)
+            fake_detectron_checkpoint(
+                out.detector, attribute_head=attribute_head, values=detector_values, seed=seed
+            )
         else:
             from regions.maskrcnn_import import expected_checkpoint_shapes
 

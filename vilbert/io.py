@@ -95,6 +95,16 @@ def make_dirs(directory: str | Path) -> Path:
     return directory
 
 
+def link_or_copy(src: str | Path, dst: str | Path) -> None:
+    """Hard-link `src` to `dst` when possible (graphs and weights can be gigabytes), else copy it."""
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _old_copy(target: Path) -> Path:
     return target.with_name(f".{target.name}.old-{os.getpid()}")
 

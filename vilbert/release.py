@@ -40,8 +40,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
-import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -468,14 +466,6 @@ def _cached(out: Path, previous: Mapping[str, Any], step: str, digest: str) -> l
     return files
 
 
-def _link_or_copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-
-
 def _files_under(root: Path, sub: str) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in (root / sub).rglob("*") if p.is_file())
 
@@ -483,7 +473,7 @@ def _files_under(root: Path, sub: str) -> list[str]:
 def convert_release(plan: ReleasePlan, out: str | Path, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Convert a checked release into OUT (see the module docstring); returns the manifest."""
     from vilbert.checkpoint import load_official, save_checkpoint
-    from vilbert.io import atomic_write_dir, restore_interrupted_dir
+    from vilbert.io import atomic_write_dir, link_or_copy, restore_interrupted_dir
 
     out = Path(out)
     restore_interrupted_dir(out)
@@ -513,7 +503,7 @@ def convert_release(plan: ReleasePlan, out: str | Path, log: Callable[[str], Non
             if cached[name] is not None:
                 log(f"  {name}: unchanged inputs, reusing {out / name}")
                 for rel in cached[name]:
-                    _link_or_copy(out / rel, tmp / rel)
+                    link_or_copy(out / rel, tmp / rel)
                 entry.update({k: v for k, v in previous["steps"][name].items() if k not in entry})
             elif name == "model":
                 log(f"  model: converting {plan.model.name} ...")

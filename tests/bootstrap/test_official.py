@@ -68,7 +68,7 @@ def test_a_wrong_release_stops_before_any_heavy_work_naming_the_file(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_release_is_served_on_all_four_endpoints_through_triton(tmp_path):
-    release = write_fake_release(tmp_path / "release")  # base: the released names and shapes
+    release = write_fake_release(tmp_path / "release", detector_values="random")  # base: released shapes
     out = tmp_path / "outputs"
     port = _free_port()
     env = {**os.environ, "TWELVE_WORKERS": "2"}
@@ -109,7 +109,7 @@ def test_full_size_release_is_served_on_all_four_endpoints_through_triton(tmp_pa
             tasks = client.get("/tasks").json()
             assert "warnings" not in tasks, tasks["warnings"]
             assert {r["answers"] for r in tasks["tasks"] if "answers" in r} == {"loaded"}
-            image = {"b64": base64.b64encode(scene_png(3, (160, 120))).decode()}
+            image = {"base64": base64.b64encode(scene_png(3, (160, 120))).decode()}
             t0 = time.perf_counter()
             vqa = client.post("/vqa", json={"image": image, "question": "what color is the ball?"})
             new_image_s = time.perf_counter() - t0

@@ -100,3 +100,20 @@ def tiny_export(tiny_inputs: TinyInputs, tmp_path_factory: pytest.TempPathFactor
             done.touch()
     report = json.loads(repository.with_name("model_repository.parity.json").read_text())
     return TinyExport(tiny_inputs, repository, repository.with_name(".model_repository.work"), report)
+
+
+@pytest.fixture(scope="session")
+def triton_server(tiny_export: TinyExport):
+    """The real bundled tritonserver on `tiny_export`'s repository, one per session (per xdist worker).
+
+    Shared by every test that only sends requests (tests that stop or kill Triton start their own).
+    Skipped, with the reason, only where the tritonserver binary cannot be found.
+    """
+    from export.triton_server import BundledTriton, TritonError, TritonServer
+
+    try:
+        BundledTriton.locate()
+    except TritonError as exc:
+        pytest.skip(f"no tritonserver binary: {exc}")
+    with TritonServer(tiny_export.repository, startup_timeout=300) as server:
+        yield server

@@ -20,7 +20,7 @@ import torch
 
 from export.parity import FP32_TOLERANCE, task_inputs, torch_task_logits
 from export.runtime import OnnxGraphs
-from export.triton_server import HOST, TritonServer, free_port, repository_models
+from export.triton_server import HOST, free_port, repository_models
 from tests.export.triton_calls import infer, request, task_logits
 from vilbert.checkpoint import load_checkpoint
 from vilbert.contract import DETECTOR_BACKBONE, DETECTOR_BOX_HEAD
@@ -33,10 +33,9 @@ pytest.importorskip("pytriton")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_export):
-    with TritonServer(tiny_export.repository, startup_timeout=180) as srv:
-        yield srv
+@pytest.fixture
+def server(triton_server):
+    return triton_server  # the session's Triton (tests/export/conftest.py)
 
 
 def test_every_task_through_triton_matches_pytorch(server, tiny_export):

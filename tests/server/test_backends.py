@@ -2,8 +2,8 @@
 
 The local backend runs the tiny model's graphs exported by `export.graphs` (the export package's own
 code, to the names of vilbert/contract.py).  The triton backend is exercised through a stand-in client
-that decodes tritonclient's binary tensors and runs the torch graphs; a run against the real bundled
-tritonserver needs the exported Triton repository and is not part of this suite.
+that decodes tritonclient's binary tensors and runs the torch graphs; the same requests against the
+real bundled tritonserver: tests/export/test_triton_live.py.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Every case of the bad-input catalogue (bench/bad_inputs.py) gets its expected answer, never a 5xx.
 
-The catalogue covers the checklist in shared/reference/bad-inputs.md: image bytes, text, schema and
-transport.  Each answer that is an error has the JSON error shape with a message.
+The catalogue covers four families: image bytes (decompression bombs past Pillow's 89,478,485-pixel
+limit, truncated or unsupported files), text, schema (wrong types, missing or extra fields) and
+transport (body size, multipart abuse).  Each answer that is an error has the JSON error shape with a message.
 """
 
 from __future__ import annotations

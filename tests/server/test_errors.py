@@ -1,4 +1,4 @@
-"""Bad input gets a 4xx naming the field, never a 500 (reference/bad-inputs.md)."""
+"""Bad input gets a 4xx naming the field, never a 500 (the gateway's rule: docs/reliability.md)."""
 
 from __future__ import annotations
 
