@@ -30,10 +30,10 @@ browser:
 		|| echo "warning: could not install chromium; the browser test will be skipped"
 
 test: $(STAMP) browser
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) -m "not slow"
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadgroup -m "not slow"
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -66,7 +66,9 @@ def test_a_wrong_release_stops_before_any_heavy_work_naming_the_file(tmp_path):
     assert time.monotonic() - started < 60
 
 
+# Full-size (270M + X-152) work: one such test at a time, on one worker (2 cores, ~6 GB each).
 @pytest.mark.slow
+@pytest.mark.xdist_group("full_size")
 def test_full_size_release_is_served_on_all_four_endpoints_through_triton(tmp_path):
     release = write_fake_release(tmp_path / "release", detector_values="random")  # base: released shapes
     out = tmp_path / "outputs"
@@ -132,7 +134,14 @@ def test_full_size_release_is_served_on_all_four_endpoints_through_triton(tmp_pa
             verify = client.post("/verify", json={"images": [image], "statement": "a ball is red"})
             assert verify.status_code == 200, verify.text
             assert verify.json()["label"] in ("contradiction", "neutral", "entailment")
-            retrieve = client.post("/retrieve", json={"caption": "a red ball", "images": [image, image]})
+            other = {"base64": base64.b64encode(scene_png(4, (160, 120))).decode()}
+            pair = client.post(
+                "/verify",
+                json={"images": [image, other], "statement": "both balls are red", "dataset": "nlvr2"},
+            )
+            assert pair.status_code == 200, pair.text
+            assert pair.json()["label"] in ("False", "True")
+            retrieve = client.post("/retrieve", json={"caption": "a red ball", "images": [image, other]})
             assert retrieve.status_code == 200, retrieve.text
             assert len(retrieve.json()["results"]) == 2
     finally:

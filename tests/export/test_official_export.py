@@ -17,7 +17,9 @@ from vilbert.tasks import TASKS
 PRESENT = ("VQA", "coco", "refcoco", "loader_config.json")  # VQA + the RefCOCO family (COCO features)
 
 
+# Full-size (270M + X-152) work: one such test at a time, on one worker (2 cores, ~6 GB each).
 @pytest.mark.slow
+@pytest.mark.xdist_group("full_size")
 def test_full_size_official_checkpoint_exports_and_passes_the_gate(tmp_path):
     from training.synthetic import generate_world
 
