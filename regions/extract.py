@@ -3,9 +3,9 @@
     python -m regions.extract --preset P [--weights W] --images DIR --out store.lmdb
 
 Writes the reference LMDB layout through `regions.store` (one pickled record per image plus the
-``keys`` list; datasets-and-training.md §1.3).  Batched, with a progress bar, and resumable: ids
-already in the store are skipped, records are committed every few batches, and an interrupted run
-keeps what it committed.
+``keys`` list, as reference ``convert_to_lmdb.py`` writes it).  Batched, with a progress bar, and
+resumable: ids already in the store are skipped, records are committed every few batches, and an
+interrupted run keeps what it committed.
 
 Image ids are explicit, because the loaders look records up by dataset id, not by file name
 (COCO ``COCO_train2014_000000000009.jpg`` is image 9; the reference's own extractor used base names

@@ -1,6 +1,6 @@
 """From detections to the model's image input: global region first, 5-d locations.
 
-This is the reference reader's processing (datasets-and-training.md §1.3, architecture.md §3.1), in
+This is the reference reader's processing (vilbert-multi-task ``ImageFeaturesH5Reader``), in
 one place for the serving path and for anyone holding raw detections:
 
 * the global feature is the plain mean of the N region features, prepended as row 0;

@@ -10,8 +10,9 @@ Two presets ship:
 
 * ``vg-x152-fpn``: the 12-in-1 feature extractor (vilbert-multi-task ``detectron_model.pth`` /
   ``model_final.pth`` with ``e2e_faster_rcnn_X-152-32x8d-FPN_1x_MLP_2048_FPN_512_train.yaml``,
-  reference vilbert-architecture.md §4.1): ResNeXt-152 32x8d + FPN(512) Faster R-CNN, 1601 Visual
-  Genome classes, 2048-d fc6 features, Caffe BGR means, 800/1333 resize, per-class NMS 0.5, top 100.
+  as vilbert-multi-task ``script/extract_features.py`` runs it): ResNeXt-152 32x8d + FPN(512)
+  Faster R-CNN, 1601 Visual Genome classes, 2048-d fc6 features, Caffe BGR means, 800/1333 resize,
+  per-class NMS 0.5, top 100.
 * ``synthetic``: a small ResNet-style FPN detector trained on the synthetic world by
   ``python -m regions.train``; its class and attribute names come from the training annotations and
   are stored in the preset JSON written next to the weights.
@@ -127,7 +128,8 @@ class BoxHeadSpec:
     sampling_ratio: int = 2
     representation_size: int = 1024  # width of fc6 and fc7 = the region-feature size
     # Whether the stored feature is fc6 after its ReLU.  The reference extractor reads "fc6" from
-    # the vqa-maskrcnn-benchmark fork; before/after ReLU is unverified (architecture.md §7).
+    # the vqa-maskrcnn-benchmark fork, whose box head returns it after the ReLU; not checked against
+    # real released features.
     fc6_relu: bool = True
     # Append the box's geometry relative to the image (x1/W, y1/H, x2/W, y2/H, w/min(W,H), h/min(W,H))
     # to the pooled features entering fc6.  RoIAlign resamples every box to 7x7, so without it the
@@ -182,7 +184,7 @@ class AttributeSpec:
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """The reference box-selection rule (architecture.md §4.1, datasets-and-training.md §1.3)."""
+    """The reference box-selection rule (vilbert-multi-task ``script/extract_features.py``)."""
 
     max_boxes: int = 100  # keep this many proposals, by max class confidence, unconditionally
     nms_thresh: float = 0.5  # per-class NMS over the proposals

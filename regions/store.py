@@ -9,7 +9,7 @@ One LMDB environment holds one record per image:
 
 The reader also accepts the legacy bottom-up-attention layout, where the pickled value is a TSV row
 whose ``boxes`` / ``features`` / ``cls_prob`` are base64 strings of float32 buffers
-(datasets-and-training.md §1.3), so a user's reference LMDBs load unchanged whichever they hold.
+(reference ``script/convert_h5_refcoco.py``), so a user's reference LMDBs load unchanged whichever they hold.
 
 Nothing here adds the global region or computes 5-d locations: records are the raw detections;
 the training loaders and the serving path do that processing.

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="TWELVE_", extra="ignore")
 
-    # Network.  Loopback by default: exposing the API is an explicit decision (bad-inputs.md, ShellTorch).
+    # Network.  Loopback by default: exposing the API is an explicit decision (TorchServe's ShellTorch
+    # showed what an exposed inference API costs; see docs/reliability.md, "Security defaults").
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = None  # when set, every route but /, /healthz, /readyz needs X-API-Key

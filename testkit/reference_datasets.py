@@ -1,4 +1,4 @@
-"""A minimal tree of the twelve datasets in their official formats (datasets-and-training.md §6.3),
+"""A minimal tree of the twelve datasets in their official formats,
 for the loader tests and `bench.reliability`'s training-kill trials.
 
 2-5 records per dataset, chosen so each one exercises a rule: soft scores, the minval tail, the

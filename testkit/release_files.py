@@ -5,9 +5,9 @@
 ``Checkpointer.save`` writes, ``torch.save({"model": state_dict, "optimizer": ..., "scheduler": ...,
 "iteration": N})``, model keys ``module.``-prefixed when trained with DDP.  The names and shapes come
 from ``detectron_model_keys.txt`` beside this module: the 810 tensors of the released checkpoint
-(a copy of the shared reference ``detectron-model-keys.txt``: built from the fork's source with the
-release config and cross-checked against the real checkpoint's load log), not from our importer's
-key map, so a test built on it checks that map against the release.
+(built from the fork's source with the release config and cross-checked against the real
+checkpoint's load log, as its header says), not from our importer's key map, so a test built on
+it checks that map against the release.
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from regions.rpn import detectron_cell_anchors
 
 DETECTRON_KEYS_FILE = Path(__file__).with_name("detectron_model_keys.txt")
 
-# The fork's optional attribute head (ATTR: True; off in the release config), per
-# detectron-model-config.md: cls_embed Embedding(1601, 256), attr_linear1 Linear(2048 + 256 -> 512),
+# The fork's optional attribute head (ATTR: True; off in the release config, whose built model has
+# none): cls_embed Embedding(1601, 256), attr_linear1 Linear(2048 + 256 -> 512),
 # attr_linear2 Linear(512 -> 400).
 FORK_ATTRIBUTE_HEAD: dict[str, tuple[int, ...]] = {
     "roi_heads.box.predictor.cls_embed.weight": (1601, 256),
@@ -35,7 +35,7 @@ FORK_ATTRIBUTE_HEAD: dict[str, tuple[int, ...]] = {
     "roi_heads.box.predictor.attr_linear2.bias": (400,),
 }
 
-# Learnable parameters of the release (the key list's header and detectron-model-config.md).
+# Learnable parameters of the release (the key list's header), and with the attribute head added.
 RELEASED_PARAMETERS = 205_784_084
 RELEASED_PARAMETERS_WITH_ATTRIBUTES = 207_579_300
 

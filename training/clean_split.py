@@ -1,4 +1,4 @@
-"""The clean multi-task split (paper Sec. 2.2; datasets-and-training.md §1.5).
+"""The clean multi-task split (paper Sec. 2.2; the reference's `--clean_train_sets`).
 
 `python -m training.clean_split --data-root D` collects the test images of every task, maps them
 across the COCO, Visual Genome and Flickr id spaces (through the official VG `image_data.json`,

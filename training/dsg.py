@@ -1,7 +1,7 @@
 """Dynamic stop-and-go (paper Sec. 3, Algorithm 1), with the reference controller's semantics.
 
-One controller per task, fed the task's validation score (higher is better) once per task epoch
-(datasets-and-training.md §3.4):
+One controller per task, fed the task's validation score (higher is better) once per task epoch;
+the reference's `MultiTaskStopOnPlateau` update, checked in this order:
 
 1. a score above best x (1 + threshold) becomes the new best; otherwise one more bad evaluation;
 2. during cooldown the bad count is forgiven;

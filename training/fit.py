@@ -1,6 +1,6 @@
 """`python -m training.fit --config training/configs/NAME.yaml [key=value ...]`
 
-The paper's multi-task regime (datasets-and-training.md §3): round-robin batch-level sampling
+The paper's multi-task regime, as the reference `train_tasks.py` runs it: round-robin batch-level sampling
 over the selected tasks (each with its own batch size), a task token per dataset, dynamic
 stop-and-go evaluated once per task epoch, loss scaling by task lr / base lr, AdamW with linear
 warm-up and decay.  Checkpoints are written atomically every `checkpoint.every_steps` steps and

@@ -1,4 +1,4 @@
-"""Evaluation metrics of the twelve tasks, as datasets-and-training.md §2 defines them.
+"""Evaluation metrics of the twelve tasks, as the reference's evaluation computes them.
 
 Logit conventions (what the heads hand in, per example): QA (B, A) answer logits; retrieval
 multiple choice (B, P) one logit per option; grounding (B, R) one logit per region; pointing
@@ -70,7 +70,7 @@ def pointing_accuracy(logits: torch.Tensor, target: torch.Tensor, candidate_mask
 def recall_at_k(
     scores: np.ndarray | torch.Tensor, gt_image: np.ndarray | torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)
 ) -> dict[str, float]:
-    """Caption -> image retrieval over a (captions, images) score matrix (§2.4).
+    """Caption -> image retrieval over a (captions, images) score matrix (reference `eval_retrieval.py`).
 
     Rank = 0-based position of the ground-truth image in the descending sort of its row;
     R@K = 100 x fraction of captions with rank < K; median rank = floor(median + 1); mean rank = mean + 1.

@@ -1,4 +1,4 @@
-"""Optimiser and learning-rate schedule of the reference multi-task run (§3.2).
+"""Optimiser and learning-rate schedule of the reference multi-task run (`train_tasks.py`).
 
 - Base learning rate = the minimum over the selected tasks; each task's loss is scaled by
   task lr / base lr (x2 for the VQA-family tasks in the 12-task run).

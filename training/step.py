@@ -2,8 +2,9 @@
 
 Logit conventions (shared with training/metrics.py): QA (B, A); retrieval (B, P) one logit per
 option/image; grounding (B, R); pointing (B, K) candidate logits; NLVR2 (B, 2); SNLI-VE (B, 3).
-Losses follow the reference's scaling (datasets-and-training.md §1.6); the loop multiplies them by
-the task's loss scale.
+Losses follow the reference's scaling (mean BCE x answers / regions / candidates, plain mean BCE for
+NLVR2 and SNLI-VE, cross-entropy over the retrieval options); the loop multiplies them by the task's
+loss scale (task lr / base lr).
 """
 
 from __future__ import annotations

@@ -267,7 +267,7 @@ class ViLBERTTrunk(nn.Module):
         """Call order of the layers after the text prefix, as (stream, index); static per config.
 
         For `base` this is c0, t6, v0, c1, t7, v1, ..., c5, v5, t11 — the order the official
-        encoder runs (vilbert-architecture.md §1.4).
+        encoder runs: co-attention layer k follows text layer 5+k, and c0 sees the raw image embedding.
         """
         order: list[tuple[str, int]] = []
         t_next, v_next = cfg.text_prefix_layers, 0

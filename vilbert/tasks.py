@@ -38,7 +38,7 @@ class Readout(enum.StrEnum):
 
 
 class Loss(enum.StrEnum):
-    """Training losses, with the reference's scaling (datasets-and-training.md §1.6)."""
+    """Training losses, with the reference's scaling (the multiplier of each is noted beside it)."""
 
     BCE_SOFT_SCORES = "bce_soft_scores"  # BCE x num_answers (VQA-style soft targets)
     BCE_REGIONS = "bce_regions"  # BCE x num regions vs IoU targets (zeroed below 0.5)

@@ -242,7 +242,7 @@ def test_vg_x152_fpn_structure_on_the_meta_device() -> None:
     shapes = expected_checkpoint_shapes(VG_X152_FPN)
     own = {k: tuple(v.shape) for k, v in detector.state_dict().items()}
     assert own == {m.target: m.shape for m in checkpoint_key_map(VG_X152_FPN)}
-    # Facts from the released checkpoint's load log and config (architecture.md §4.1).
+    # Facts from the released checkpoint's load log (vilbert-multi-task demo.ipynb) and config.
     assert shapes["backbone.body.layer3.35.conv2.weight"] == (1024, 32, 3, 3)  # 32 groups in res4
     assert "backbone.body.layer3.36.conv1.weight" not in shapes  # 36 blocks: [3, 8, 36, 3]
     assert shapes["backbone.body.layer2.7.bn3.running_var"] == (512,)

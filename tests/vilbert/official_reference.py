@@ -1,6 +1,7 @@
 """An independent, functional re-statement of the official VILBertForVLTasks forward pass,
-written from vilbert-architecture.md (§1.4-1.6, §3) and operating directly on a state_dict with
-the OFFICIAL key names.  Tests compare our module-based model against it after conversion, so a
+written from the official code's semantics (layer schedule, co-attention math, task-token splice,
+forward interface) and operating directly on a state_dict with the OFFICIAL key names.  Tests
+compare our module-based model against it after conversion, so a
 wrong key mapping or a numerics slip (mask value, LayerNorm eps, layer order, task-token splice)
 shows up as a mismatch.  Deliberately uses explicit matmul/softmax rather than SDPA.
 """

@@ -68,7 +68,8 @@ def test_invalid_config_names_the_problem():
 
 
 def test_base_schedule_is_the_official_call_order():
-    # vilbert-architecture.md §1.4, after text layers 0-5 (the image-free prefix)
+    # the official encoder's call order (co-attention k follows text layer 5+k), after text layers 0-5
+    # (the image-free prefix)
     expected = "c0 t6 v0 c1 t7 v1 c2 t8 v2 c3 t9 v3 c4 t10 v4 c5 v5 t11".split()
     letter = {"co": "c", "text": "t", "image": "v"}
     got = [f"{letter[s]}{i}" for s, i in ViLBERTTrunk.schedule(preset("base"))]

@@ -2,9 +2,10 @@
 
 The normalisation follows the official VQA evaluation's rules (punctuation, number words to digits,
 articles dropped, contractions restored); the vocabulary and soft scores follow the construction
-the 3129-answer vocabulary corresponds to (datasets-and-training.md §2.1).  Unlike that script, the
-per-question counts are taken over *normalised* answers too (the spec's recommendation), so "Two",
-"2" and "two " count as one answer.
+the 3129-answer vocabulary corresponds to (bottom-up-attention-vqa's `compute_softscore.py`: answers
+of >= 9 questions, score min(1, 0.3 x count)).  Unlike that script, the per-question counts are taken
+over *normalised* answers too (it normalises only for the vocabulary), so "Two", "2" and "two "
+count as one answer.
 
 `python -m training.datasets.answers --data-root D` builds the VQA target caches from the official
 question/annotation JSON, and the VG QA / GQA caches from their official question files.

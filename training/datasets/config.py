@@ -16,7 +16,7 @@ CONFIG_FILE = "loader_config.json"
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    """Reference constants (datasets-and-training.md §1-2, §6.1)."""
+    """Constants the reference hard-codes, as parameters defaulting to its values (real data still loads)."""
 
     vqa_num_answers: int | None = 3129  # VQA / VG QA answer head width; None: the vocabulary's size
     gqa_num_answers: int | None = 1533  # GQA answer head width

@@ -1,5 +1,5 @@
 """Grounding and pointing loaders: RefCOCO / RefCOCO+ / RefCOCOg, Visual7W, GuessWhat?!
-(datasets-and-training.md §1.4, §2.5-2.7).
+in the reference's formats.
 
 Referring expressions score every region by IoU with the referent: training merges detections
 with the image's GT boxes and zeroes IoU below 0.5; evaluation uses detections only and the raw

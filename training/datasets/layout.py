@@ -1,8 +1,8 @@
 """Where each task's files live: the reference `datasets/` tree, declared once per task.
 
-Paths follow the reference release (`vilbert_tasks.yml` and the loaders, datasets-and-training.md
-§0-2), including its spellings (`cocoRetreival`, `Flikr30kID`), so a user's reference tree loads
-unchanged.  A data root may be the `datasets/` directory itself or a directory containing it
+Paths follow the reference release (`vilbert_tasks.yml` and its dataset loaders), including its
+spellings (`cocoRetreival`, `Flikr30kID`), so a user's reference tree loads unchanged.  A data root
+may be the `datasets/` directory itself or a directory containing it
 (the synthetic world writes `D/datasets/...` next to `D/images/`).
 """
 
@@ -50,7 +50,7 @@ class TaskLayout:
     source: Source
     dataroot: str  # the task's directory (holds `cache/`)
     features: str  # detection LMDB
-    gt_features: str = ""  # GT-box LMDB (grounding/pointing), merged after the detections (§1.4)
+    gt_features: str = ""  # GT-box LMDB (grounding/pointing), merged after the detections
     test_features: str = ""  # a separate LMDB for the test split (VQA test2015)
     id_space: IdSpace | None = None  # which *_test_ids.npy cleans this task (None: not cleaned)
     train_split: str = "train"
@@ -68,7 +68,7 @@ class TaskLayout:
         return datasets_dir / self.dataroot / "cache"
 
     def cleans(self, split: str) -> bool:
-        """Whether the clean split filters this split (datasets-and-training.md §1.5)."""
+        """Whether the clean split filters this split: splits named "train..." (VG QA: every split)."""
         return self.id_space is not None and (self.clean_all_splits or "train" in split)
 
     def test_ids_file(self, datasets_dir: Path) -> Path | None:

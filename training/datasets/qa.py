@@ -1,4 +1,4 @@
-"""Vocabulary-based QA loaders: VQA v2, GQA and Visual Genome QA (datasets-and-training.md §2.1-2.3).
+"""Vocabulary-based QA loaders: VQA v2, GQA and Visual Genome QA, in the reference's formats.
 
 All three yield one question on one image with a soft-score target over the answer vocabulary;
 only the files and split rules differ, so one dataset class serves them with a reader per format.

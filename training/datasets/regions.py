@@ -1,4 +1,4 @@
-"""From stored detections to the region rows the trunk reads (datasets-and-training.md §1.3-1.4).
+"""From stored detections to the region rows the trunk reads (the reference's `ImageFeaturesH5Reader`).
 
 Per image: the plain mean of the region features is prepended as a global region with location
 [0, 0, 1, 1, 1]; each box gets the 5-d location [x1/W, y1/H, x2/W, y2/H, area/(W·H)].  Grounding
@@ -137,7 +137,7 @@ def plain_rows(image: ImageRegions, max_regions: int) -> RegionRows:
 def merged_rows(
     detections: ImageRegions, gt: ImageRegions, max_regions: int, detection_rows: int | None
 ) -> tuple[RegionRows, int]:
-    """Detections (global included) followed by the GT boxes (their own global row dropped), §1.4.
+    """Detections (global included) followed by the GT boxes (their own global row dropped).
 
     With `detection_rows` set, the detection block is padded (masked zero rows) or cut to exactly
     that many rows, so GT candidates start at that row as the reference's hard-coded 101 assumes.

@@ -1,4 +1,4 @@
-"""Caption-based image retrieval loaders: COCO and Flickr30k (datasets-and-training.md §2.4).
+"""Caption-based image retrieval loaders: COCO and Flickr30k (the reference's `retreival_dataset.py`).
 
 Training is a 4-way multiple choice per caption, the positive always option 0:
 (I, C), (I, caption of a random other image), (random other image, C), and a hard negative

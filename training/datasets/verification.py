@@ -1,5 +1,5 @@
 """Verification loaders: NLVR2 (a statement about two images) and SNLI-VE (a hypothesis about one
-image), datasets-and-training.md §2.8-2.9.
+image), in their official formats.
 
 NLVR2 examples hold both images explicitly as two (statement, image) pairs — left then right — so
 nothing depends on batch parity or on every image having exactly 101 regions.
