@@ -54,7 +54,7 @@ def run(
     preset: str = "base",
     quick: bool = False,
     batches: tuple[int, ...] = (1, 8),
-    work: Path = Path("artifacts/bench/work/gpu"),
+    work: Path = Path("artifacts") / "bench" / "gpu",  # relative to the working directory (the checkout)
     log: Callable[[str], None] = print,
     graphs=None,
 ) -> dict:
