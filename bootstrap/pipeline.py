@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from bootstrap.layout import ROOT, Paths
+from bootstrap.layout import ROOT, Paths, show
 from vilbert.cli import ArgumentParser
 
 STAMPS = ROOT / "artifacts" / ".serve"
@@ -94,10 +94,6 @@ def steps(p: Paths) -> list[Step]:
     ]
 
 
-def _show(path: Path) -> str:
-    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
-
-
 def _stale_export(p: Paths) -> str | None:
     from export.repository import stale_reason
 
@@ -111,7 +107,7 @@ def build(p: Paths, plan: list[Step] | None = None) -> None:
         if step.done.exists() and not step.always:
             reason = step.stale() if step.stale is not None else None
             if reason is None:
-                print(f"{head}: ready ({_show(step.done)})", flush=True)
+                print(f"{head}: ready ({show(step.done)})", flush=True)
                 continue
             print(f"{head}: out of date ({reason}); rebuilding", flush=True)
         print(f"{head}: running\n    $ {' '.join(step.command)}", flush=True)
