@@ -67,7 +67,7 @@ def repository_for(checkpoint: Path, log=print) -> Path:
     repository = checkpoint.parent / "model_repository"
     # Two runs at once (this bench and `python -m bench`) would share the export's work folder.
     with FileLock(str(checkpoint.parent / ".model_repository.lock")):
-        if (repository / "export.json").is_file():
+        if (repository / "active.json").is_file():
             manifest = read_manifest(repository)
             if Path(manifest.get("checkpoint", "")).resolve() == checkpoint.resolve():
                 return repository
@@ -160,7 +160,7 @@ def run(
     app = create_app(settings, components)
     client = TestClient(app, raise_server_exceptions=False)
     for r in regions:
-        app.state.service.cache.put(r)
+        app.state.models.current.cache.put(r)
 
     log(f"registering a {size}-image gallery ...")
     t0 = time.perf_counter()

@@ -576,7 +576,7 @@ def base_repository(graphs, root: Path) -> Path:
     from vilbert.contract import build_spec
 
     out = root / "model_repository"
-    if (out / "export.json").is_file():
+    if (out / "active.json").is_file():
         return out
     spec = build_spec(graphs.config)
     # Graphs the spec gained after the cached export (optional retrieval graphs) are left out: the

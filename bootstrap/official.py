@@ -21,7 +21,6 @@ the file, before the 1 GB model is read.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +75,9 @@ def stale_export(p: Paths, precision: str) -> str | None:
     reason = stale_reason(p.repository, p.checkpoint)
     if reason is not None:
         return reason
-    manifest = json.loads((p.repository / "export.json").read_text())
+    from export.versions import read_manifest
+
+    manifest = read_manifest(p.repository)
     if manifest.get("precision") != precision:
         return f"it was exported in {manifest.get('precision')}, {precision} was asked for"
     if not manifest.get("detector"):
@@ -104,7 +105,7 @@ def official_steps(build: OfficialBuild, p: Paths) -> list:
         Step(
             f"export ({build.precision} ONNX graphs + Triton repository)",
             export,
-            p.repository / "export.json",
+            p.repository / "active.json",
             stale=lambda: stale_export(p, build.precision),
         ),
     ]

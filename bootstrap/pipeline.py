@@ -88,7 +88,7 @@ def steps(p: Paths) -> list[Step]:
         Step(
             "export (ONNX graphs + Triton repository)",
             export,
-            p.repository / "export.json",
+            p.repository / "active.json",
             stale=lambda: _stale_export(p),
         ),
     ]

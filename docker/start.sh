@@ -156,7 +156,7 @@ from pathlib import Path
 from export.repository import read_manifest, stale_reason
 
 repository, checkpoint, backend, precision = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-if not (repository / "export.json").is_file():
+if not (repository / "active.json").is_file():
     print("there is none")
     raise SystemExit
 reason = stale_reason(repository, checkpoint) if checkpoint.is_dir() else None
@@ -175,7 +175,7 @@ ensure_model() {
 	[[ -f "$TWELVE_DETECTOR_WEIGHTS" ]] || die "no detector weights at $TWELVE_DETECTOR_WEIGHTS: mount \
 what \`make serve\` built (artifacts/), set TWELVE_DETECTOR_WEIGHTS, or TWELVE_BUILD_DEMO=1"
 	if [[ ! -d "$TWELVE_CHECKPOINT" ]]; then
-		[[ -f "$TWELVE_MODEL_REPOSITORY/export.json" ]] || die "no checkpoint at $TWELVE_CHECKPOINT and \
+		[[ -f "$TWELVE_MODEL_REPOSITORY/active.json" ]] || die "no checkpoint at $TWELVE_CHECKPOINT and \
 no model repository at $TWELVE_MODEL_REPOSITORY: mount what \`make serve\` built (runs/), set \
 TWELVE_CHECKPOINT, or TWELVE_BUILD_DEMO=1"
 		log "no checkpoint at $TWELVE_CHECKPOINT: serving $TWELVE_MODEL_REPOSITORY as it is"

@@ -8,6 +8,7 @@ Modules, in the order an export runs through them:
 - `export.parity`        the parity gate (generated inputs + task metric), `export.runtime` runs graphs
 - `export.triton_config` config.pbtxt per model (python / onnxruntime / tensorrt renderings)
 - `export.repository`    the repository layout (+ `export.triton_model`, the python-backend model.py)
+- `export.versions`      model versions in one repository: which is active, the serving configs
 - `export.pipeline`      `run_export`, what `python -m export` calls; `export.report` the parity report
 - `export.check`         `python -m export.check [--fix]`: generated configs vs committed goldens
 """

@@ -20,13 +20,25 @@ from export.triton_config import Backend, Deployment
 from vilbert.cli import ArgumentParser, run
 
 
+def _version(text: str) -> int | str:
+    if text == "next" or (text.isdigit() and int(text) >= 1):
+        return text if text == "next" else int(text)
+    raise argparse.ArgumentTypeError(f"{text!r}: a version number >= 1, or 'next'")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", type=Path, help="a checkpoint directory (python -m training.fit)")
     p.add_argument("--out", type=Path, default=Path("model_repository"), help="repository to (re)write")
     p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32")
     p.add_argument("--backend", choices=[b.value for b in Backend], default="python")
-    p.add_argument("--version", type=int, default=1, help="model version folder")
+    p.add_argument(
+        "--version",
+        type=_version,
+        help="add the graphs as this version ('next': one past the highest) beside the versions --out "
+        "holds, leaving the served one alone (activate it with python -m server.models); without it "
+        "--out is replaced by a repository holding version 1",
+    )
     p.add_argument("--detector", type=Path, help="detector weights (.safetensors with its preset JSON)")
     p.add_argument(
         "--data", type=Path, help="synthetic world for the metric gate (default: the training root)"
@@ -74,6 +86,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _resolve_version(out: Path, version: int | str | None) -> int:
+    from export.versions import next_version
+
+    if version is None:
+        return 1
+    return next_version(out) if version == "next" else int(version)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.check:
@@ -101,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             trunk_instances=args.trunk_instances,
             trunk_threads=args.trunk_threads,
         ),
-        version=args.version,
+        version=_resolve_version(args.out, args.version),
+        add_version=args.version is not None,
         detector=args.detector,
         data_root=args.data,
         skip_metric=args.skip_metric,
@@ -129,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {outcome.repository}\nparity report: {outcome.report_md} (+ .json)")
+    if options.add_version:
+        print(
+            f"version {options.version} is ready beside the served one; serve it with\n"
+            f"  python -m server.models activate {options.version}"
+        )
     return 0
 
 

@@ -27,7 +27,7 @@ from export.graphs import (
 from export.parity import FP32_TOLERANCE, INT8_METRIC_POINTS, run_gate
 from export.quantize import QuantizeOptions, quantize_graph
 from export.report import write_report
-from export.repository import checkpoint_digest, exporter_digest, write_repository
+from export.repository import add_version, checkpoint_digest, exporter_digest, write_repository
 from export.runtime import OnnxGraphs
 from export.triton_config import Backend, Deployment
 from vilbert.checkpoint import load_checkpoint
@@ -68,6 +68,7 @@ class ExportOptions:
     precision: Precision = Precision.FP32
     deployment: Deployment = field(default_factory=Deployment)
     version: int = 1
+    add_version: bool = False  # add `version` beside the repository's versions instead of replacing it
     detector: Path | None = None  # detector weights (safetensors + preset JSON), optional
     data_root: Path | None = None  # synthetic world for the metric half of the gate
     skip_metric: bool = False  # gate on generated inputs only (the report says so)
@@ -217,6 +218,10 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> Expor
     """The whole export: load, export graphs, gate, write repository and report."""
     backend = opts.deployment.backend
     check_supported(opts.precision, backend)
+    if opts.add_version:
+        from export.versions import check_can_add
+
+        check_can_add(opts.out, opts.version)
     loaded = load_inputs(opts.checkpoint, opts.detector)
     data_root = _data_root(opts, loaded.meta)
     out = Path(opts.out)
@@ -314,7 +319,8 @@ def finish_export(
             "exporter": exporter_digest(),
             "checkpoint_sha256": checkpoint_digest(opts.checkpoint),
         }
-        repository = write_repository(
+        write = add_version if opts.add_version else write_repository
+        repository = write(
             out, spec, opts.deployment, files, version=opts.version, answers=loaded.answers, manifest=manifest
         )
     report["seconds"]["gate_and_write"] = round(time.perf_counter() - started, 2)

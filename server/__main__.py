@@ -88,7 +88,7 @@ def check_paths(settings: Settings, defaulted: Collection[str] = ()) -> None:
     # setting -> the file inside it that must exist ("" for the path itself)
     needed = {"detector_weights": ""}
     if settings.backend is BackendKind.LOCAL:
-        needed["model_repository"] = "export.json"
+        needed["model_repository"] = "active.json"
     if settings.backend is BackendKind.TORCH:
         needed["checkpoint"] = "model.safetensors"
     elif settings.checkpoint is not None:

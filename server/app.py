@@ -36,6 +36,7 @@ from server.errors import (
 )
 from server.loading import Components, load_components
 from server.metrics import Metrics
+from server.models import ModelVersions, admin_key
 from server.region_cache import RegionCache
 from server.service import Service
 from server.settings import Settings
@@ -54,9 +55,8 @@ class Gateway:
     when it has not started; a running model call finishes in the background and frees its slot).
     """
 
-    def __init__(self, settings: Settings, service: Service, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
-        self.service = service
         self.metrics = metrics
         self._executor = ThreadPoolExecutor(max_workers=settings.workers, thread_name_prefix="twelve-worker")
         self._admitted = 0
@@ -146,6 +146,8 @@ class Guard:
             if message["type"] == "http.response.start":
                 status_holder["status"] = message["status"]
                 extra = [(b"x-request-id", request_id.encode())]
+                if state.get("model_version") is not None:  # set by server/deps.py
+                    extra.append((b"x-model-version", str(state["model_version"]).encode()))
                 message = {**message, "headers": [*message.get("headers", []), *extra]}
             await send(message)
 
@@ -249,9 +251,32 @@ def _openapi(app: FastAPI) -> Callable[[], dict]:
     return build
 
 
+def model_versions(settings: Settings, service: Service, components: Components) -> ModelVersions:
+    """The version switch over `service`: possible when it serves a version of a repository (local or
+    Triton backend started from `settings`), not for a torch checkpoint or hand-built components."""
+    from server.loading import build_backend, read_answers
+    from server.settings import BackendKind
+
+    repository = settings.model_repository
+    if components.version is None or repository is None or settings.backend is BackendKind.TORCH:
+        return ModelVersions(settings, service)
+
+    def build(version: int):
+        return build_backend(settings, version), read_answers(None, repository, version)
+
+    control = None
+    if settings.backend is BackendKind.TRITON:
+        from export.versions import control_key
+        from server.triton_backend import TritonBackend
+
+        key = control_key(repository)
+        control = TritonBackend(settings.triton_url, timeout_s=settings.deadline_s, control_key=key)
+    return ModelVersions(settings, service, repository, build, control)
+
+
 def create_app(settings: Settings | None = None, components: Components | None = None) -> FastAPI:
     """Build the gateway.  `components` (backend, extractor, tokenizer, answers) default to `settings`'."""
-    from server.routes import api_router, page_router
+    from server.routes import admin_router, api_router, page_router
 
     settings = settings or Settings()
     metrics = Metrics()
@@ -265,8 +290,10 @@ def create_app(settings: Settings | None = None, components: Components | None =
         components.answers,
         metrics,
         cache,
+        version=components.version,
     )
-    gateway = Gateway(settings, service, metrics)
+    models = model_versions(settings, service, components)
+    gateway = Gateway(settings, metrics)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -274,7 +301,8 @@ def create_app(settings: Settings | None = None, components: Components | None =
         yield
         # Readiness goes false first, then in-flight work drains (uvicorn stops accepting before this).
         gateway.close()
-        components.backend.close()
+        models.close()
+        models.current.backend.close()
         cache.close()
 
     app = FastAPI(
@@ -285,11 +313,13 @@ def create_app(settings: Settings | None = None, components: Components | None =
     )
     app.state.settings = settings
     app.state.gateway = gateway
-    app.state.service = service
+    app.state.models = models  # models.current: the Service of the version served now
+    app.state.admin_key = admin_key(settings)
     app.state.metrics = metrics
     install_error_handlers(app)
     app.include_router(page_router())
     app.include_router(api_router(settings))
+    app.include_router(admin_router())
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     app.add_middleware(Guard, settings=settings, metrics=metrics)
     return app

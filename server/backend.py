@@ -174,9 +174,12 @@ class TorchBackend:
         pass
 
 
-def find_onnx(repository: Path, model: str) -> Path | None:
-    """A graph's ONNX file: the highest numeric version of the Triton layout
-    (``<repo>/<model>/<version>/model.onnx``), else a flat ``<repo>/<model>.onnx``."""
+def find_onnx(repository: Path, model: str, version: int | None = None) -> Path | None:
+    """A graph's ONNX file: ``<repo>/<model>/<version>/model.onnx`` of the Triton layout (`version`, or
+    the highest numeric version folder when None), else a flat ``<repo>/<model>.onnx``."""
+    if version is not None:
+        path = repository / model / str(version) / "model.onnx"
+        return path if path.is_file() else None
     versions = (
         [p for p in (repository / model).glob("*/model.onnx") if p.parent.name.isdigit()]
         if (repository / model).is_dir()
@@ -193,10 +196,15 @@ class OnnxBackend:
 
     name = "local"
 
-    def __init__(self, repository: str | Path, threads: int = 1) -> None:
+    def __init__(self, repository: str | Path, threads: int = 1, version: int | None = None) -> None:
         import onnxruntime as ort
 
+        from export.versions import resolve, versions
+
         self.repository = Path(repository)
+        # The version's graphs (the repository's active one when None; repositories of loose ONNX
+        # files have no versions).
+        self.version = resolve(self.repository, version) if versions(self.repository) else version
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -210,7 +218,7 @@ class OnnxBackend:
         self._sessions: dict[str, object] = {}
         self._missing: list[str] = []
         for model in graph_names() + optional_graph_names():
-            path = find_onnx(self.repository, model)
+            path = find_onnx(self.repository, model, self.version)
             if path is None:
                 self._missing.append(model)
                 continue

@@ -6,6 +6,7 @@ Each alias is ``Annotated[X, Depends(get_x)]``; the getters read the objects `cr
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -15,6 +16,7 @@ from server.galleries import Galleries
 from server.ground import Ground
 from server.images import Images
 from server.metrics import Metrics
+from server.models import ModelVersions
 from server.retrieve import Retrieve
 from server.service import Service
 from server.settings import Settings
@@ -26,8 +28,18 @@ async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-async def get_service(request: Request) -> Service:
-    return request.app.state.service
+async def get_service(request: Request) -> AsyncIterator[Service]:
+    """The served model version's parts, taken once per request: a switch (server/models.py) during
+    the request does not change them, so the request finishes on the version it started on, and
+    the response names it (``X-Model-Version``)."""
+    service = request.app.state.models.current
+    request.scope.setdefault("state", {})["model_version"] = service.version
+    with service.use():
+        yield service
+
+
+async def get_models(request: Request) -> ModelVersions:
+    return request.app.state.models
 
 
 async def get_gateway(request: Request) -> Gateway:
@@ -42,6 +54,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ServiceDep = Annotated[Service, Depends(get_service)]
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ModelsDep = Annotated[ModelVersions, Depends(get_models)]
 
 
 async def get_images(service: ServiceDep) -> Images:

@@ -43,6 +43,25 @@ class Galleries:
         self._galleries: dict[str, Gallery] = {}
         self._lock = threading.Lock()
 
+    def rebuilt(self, inference: Inference) -> Galleries:
+        """The same galleries for another model version: same images, pre-filter embeddings computed
+        by `inference` (none when that version has no pre-filter)."""
+        new = Galleries(self.settings, self.images, inference)
+        with self._lock:
+            held = dict(self._galleries)
+        for name, gallery in held.items():
+            new._galleries[name] = Gallery(gallery.images, new._embeddings(gallery.images))
+        return new
+
+    def _embeddings(self, images: list[CachedRegions]) -> dict[int, np.ndarray]:
+        """Pre-filter embeddings of `images`, one set per distinct region budget of the retrieval tasks."""
+        embeddings: dict[int, np.ndarray] = {}
+        if self.inference.has_prefilter:
+            for task in tasks_for_endpoint(Endpoint.RETRIEVE):
+                if task.max_regions not in embeddings:
+                    embeddings[task.max_regions] = self.inference.image_embeddings(task, images)
+        return embeddings
+
     def find(self, name: str) -> Gallery | None:
         with self._lock:
             return self._galleries.get(name)
@@ -60,12 +79,7 @@ class Galleries:
                     f"name: at most {self.settings.max_galleries} galleries; replace an existing one", "name"
                 )
         images = self.images.resolve_distinct(req.images, uploads)
-        embeddings: dict[int, np.ndarray] = {}
-        if self.inference.has_prefilter:
-            for task in tasks_for_endpoint(Endpoint.RETRIEVE):
-                if task.max_regions not in embeddings:
-                    embeddings[task.max_regions] = self.inference.image_embeddings(task, images)
-        gallery = Gallery(images, embeddings)  # pinned: gallery features never leave the LRU
+        gallery = Gallery(images, self._embeddings(images))  # pinned: gallery features never leave the LRU
         with self._lock:
             self._galleries[name] = gallery
         return gallery.info(name)

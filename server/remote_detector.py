@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from export.versions import read_manifest, versions
 from regions.backbone import FPN_LEVELS
 from regions.detector import RegionDetector
 from regions.extractor import BackboneOutputs, LocalDetectorCompute
@@ -216,9 +217,8 @@ def remote_detector_compute(
 ) -> TritonDetectorCompute | None:
     """The remote compute for the gateway's extractor, or None where the repository says it has no
     detector graphs, or graphs of another detector shape (no repository given: asked of the backend)."""
-    manifest_path = Path(repository) / "export.json" if repository is not None else None
-    if manifest_path is not None and manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
+    if repository is not None and versions(repository):
+        manifest = read_manifest(repository)
         models = manifest.get("models", {})
         if DETECTOR_BACKBONE not in models or DETECTOR_BOX_HEAD not in models:
             log.info("%s has no detector graphs: regions are extracted in-process", repository)

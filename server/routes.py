@@ -7,6 +7,7 @@ JSON names with ``{"upload": "<part name>"}`` (a single file part fills a missin
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from server.deps import (
     GroundDep,
     ImagesDep,
     MetricsDep,
+    ModelsDep,
     RetrieveDep,
     ServiceDep,
     SettingsDep,
@@ -138,6 +140,21 @@ def require_key(request: Request, settings: SettingsDep) -> None:
 Auth = Annotated[None, Depends(require_key)]
 
 
+def require_admin(request: Request) -> None:
+    """The admin key (server/models.py `admin_key`): X-API-Key or Bearer, compared in constant time."""
+    key: str | None = request.app.state.admin_key
+    if key is None:
+        raise UnauthorizedError(
+            "admin routes are disabled: set TWELVE_ADMIN_KEY (no key could be written beside the "
+            "model repository)",
+            "X-API-Key",
+        )
+    bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
+    given = request.headers.get("x-api-key") or bearer
+    if not hmac.compare_digest(given.encode(), key.encode()):
+        raise UnauthorizedError("X-API-Key: missing or wrong admin key", "X-API-Key")
+
+
 def api_router(settings: Settings) -> APIRouter:
     router = APIRouter(dependencies=[Depends(require_key)], responses=ERRORS)
     files = settings.max_images_per_request
@@ -224,7 +241,8 @@ def api_router(settings: Settings) -> APIRouter:
         """The task table: which endpoint and `dataset` value serves each of the twelve tasks, and
         (`default`) which dataset a request without a `dataset` field gets.  Tasks answering from a
         vocabulary say whether it is `answers: "loaded"` or `"missing"` (answers then come back as
-        `answer_<index>`); `warnings` lists what is missing."""
+        `answer_<index>`); `warnings` lists what is missing; `model_version` is the version answering
+        (null for a backend without versions)."""
         answers = service.answers
         rows, missing = [], []
         for t in TASKS:
@@ -234,7 +252,7 @@ def api_router(settings: Settings) -> APIRouter:
                 if row["answers"] == "missing":
                     missing.append(t.slug)
             rows.append(row)
-        body: dict[str, Any] = {"tasks": rows}
+        body: dict[str, Any] = {"tasks": rows, "model_version": service.version}
         if missing:
             body["warnings"] = [
                 f"no answer vocabulary for {', '.join(missing)}: their answers are served as "
@@ -248,6 +266,25 @@ def api_router(settings: Settings) -> APIRouter:
         from prometheus_client import CONTENT_TYPE_LATEST
 
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router
+
+
+def admin_router() -> APIRouter:
+    """Routes that change what is served; they need the admin key (`require_admin`), not the API key."""
+    router = APIRouter(dependencies=[Depends(require_admin)], responses=ERRORS, tags=["admin"])
+
+    @router.get("/admin/models")
+    async def list_models(models: ModelsDep) -> dict[str, Any]:
+        """The model repository's versions, which one answers (`active`) and the one before it."""
+        return models.listing()
+
+    @router.post("/admin/models/{version}:activate")
+    async def activate_model(version: Annotated[int, PathParam(ge=1)], models: ModelsDep) -> dict[str, Any]:
+        """Serve model version `version` from now on, with no failed request: it is loaded beside the
+        served one, requests in flight finish on the old one, then the old one is unloaded
+        (server/models.py).  Rollback: activate the previous version."""
+        return await asyncio.to_thread(models.activate, version)
 
     return router
 
@@ -300,7 +337,9 @@ def page_router() -> APIRouter:
         """Readiness: every graph of the backend is ready and the gateway accepts work."""
         models = service.backend.ready()
         ready = gateway.accepting and all(models.values())
-        body = json.dumps({"ready": ready, "models": models, "queued": gateway.admitted})
+        body = json.dumps(
+            {"ready": ready, "models": models, "queued": gateway.admitted, "model_version": service.version}
+        )
         headers = {} if ready else {"Retry-After": str(settings.retry_after_s)}
         return Response(
             body, status_code=200 if ready else 503, media_type="application/json", headers=headers

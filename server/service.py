@@ -10,7 +10,9 @@ threads) and raises only `server.errors` types.  Routes reach the parts through 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 
 from server.backend import Backend
 from server.galleries import Galleries
@@ -38,16 +40,58 @@ class Service:
         answers: Mapping[str, list[str]],
         metrics: Metrics,
         cache: RegionCache,
+        *,
+        version: int | None = None,
+        images: Images | None = None,
+        galleries: Galleries | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
         self.metrics = metrics
         self.cache = cache
         self.answers = dict(answers)
-        self.images = Images(settings, metrics, cache, extractor)
+        self.version = version  # the model version served (None: a backend without versions)
+        self.tokenizer = tokenizer
+        self.images = images or Images(settings, metrics, cache, extractor)
         self.inference = Inference(settings, backend, tokenizer, metrics)
-        self.galleries = Galleries(settings, self.images, self.inference)
+        if galleries is not None:
+            self.galleries = galleries.rebuilt(self.inference)
+        else:
+            self.galleries = Galleries(settings, self.images, self.inference)
         self.vqa = VQA(settings, self.images, self.inference, self.answers)
         self.ground = Ground(settings, self.images, self.inference)
         self.retrieve = Retrieve(settings, self.images, self.inference, self.galleries)
         self.verify = Verify(self.images, self.inference)
+        self._in_flight = 0
+        self._lock = threading.Lock()
+
+    def derive(self, backend: Backend, answers: Mapping[str, list[str]], version: int) -> Service:
+        """The same gateway parts (region cache, images, tokenizer) over another model version: its
+        backend and answer lists; the galleries come along with their pre-filter embeddings recomputed."""
+        return Service(
+            self.settings,
+            backend,
+            self.images.extractor,
+            self.tokenizer,
+            answers,
+            self.metrics,
+            self.cache,
+            version=version,
+            images=self.images,
+            galleries=self.galleries,
+        )
+
+    @contextlib.contextmanager
+    def use(self) -> Iterator[Service]:
+        """Count a request using this service (a switch retires the old version once none is left)."""
+        with self._lock:
+            self._in_flight += 1
+        try:
+            yield self
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight

@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     api_key: SecretStr | None = None  # when set, every route but /, /healthz, /readyz needs X-API-Key
+    # The admin routes (/admin/models: version switches) need this key; unset: api_key, else a key made
+    # at start-up and written to <model_repository>/.admin-key (0600) for `python -m server.models`.
+    admin_key: SecretStr | None = None
 
     # Model.  The checkpoint directory gives the answer vocabularies (and the weights for `torch`).
     backend: BackendKind = BackendKind.LOCAL

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from export.versions import CONTROL_HEADER
 from server.backend import Arrays, BackendError, graph_names
 from vilbert.contract import DType
 
@@ -28,9 +29,20 @@ class TritonBackend:
 
     name = "triton"
 
-    def __init__(self, url: str, timeout_s: float = 30.0, client=None) -> None:
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 30.0,
+        client=None,
+        version: int | None = None,
+        control_key: str | None = None,
+    ) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        # Every call names this model version (Triton holds two during a switch); None: Triton's choice.
+        self.version = version
+        self._v = "" if version is None else str(version)
+        self.control_key = control_key  # Triton's repository-API key (export/versions.py CONTROL_HEADER)
         self._shared = client  # a given client (tests) is used from every thread
         # tritonclient.http runs on gevent greenlets, which cannot cross threads: each gateway worker
         # thread (and the event-loop thread probing readiness) gets its own client.
@@ -60,7 +72,7 @@ class TritonBackend:
     def _names(self, model: str) -> tuple[list[tuple[str, int]], list[str]]:
         """([(input name, wire rank)], output names) of a model, from its metadata (asked once)."""
         if model not in self._io:
-            meta = self.client.get_model_metadata(model)
+            meta = self.client.get_model_metadata(model, model_version=self._v)
             inputs = [(i["name"], len(i.get("shape", []))) for i in meta["inputs"]]
             self._io[model] = (inputs, [o["name"] for o in meta["outputs"]])
         return self._io[model]
@@ -81,7 +93,9 @@ class TritonBackend:
                 item.set_data_from_numpy(array, binary_data=True)
                 infer_inputs.append(item)
             outputs = [httpclient.InferRequestedOutput(n, binary_data=True) for n in wanted]
-            result = self.client.infer(model, infer_inputs, outputs=outputs, request_id=request_id or "")
+            result = self.client.infer(
+                model, infer_inputs, model_version=self._v, outputs=outputs, request_id=request_id or ""
+            )
         except KeyError as exc:
             raise BackendError(f"{model}: missing input {exc}") from exc
         except Exception as exc:  # connection refused, model unavailable, server-side failure
@@ -95,7 +109,7 @@ class TritonBackend:
         """Whether the server has `model` ready; a positive answer is remembered, a negative asked again."""
         if not self._served.get(model):
             try:
-                self._served[model] = bool(self.client.is_model_ready(model))
+                self._served[model] = bool(self.client.is_model_ready(model, model_version=self._v))
             except Exception:  # unreachable server: the request path reports it
                 return False
         return self._served[model]
@@ -104,7 +118,8 @@ class TritonBackend:
         status = {}
         for model in graph_names():
             try:
-                status[model] = bool(self.client.is_model_ready(model)) and model not in self._dead_stub
+                ready = self.client.is_model_ready(model, model_version=self._v)
+                status[model] = bool(ready) and model not in self._dead_stub
             except Exception:  # server unreachable: every model is not ready
                 status[model] = False
         return status
@@ -115,3 +130,36 @@ class TritonBackend:
             # Closing a client whose server is gone must not fail shutdown.
             with contextlib.suppress(Exception):
                 client.close()
+
+    # --- the repository API (explicit model control), for version switches (server/models.py) ---
+    # A full-size trunk takes minutes to load on a CPU: its own client, with its own timeout.
+    LOAD_TIMEOUT_S = 900.0
+
+    def _control(self, action: str, model: str) -> None:
+        import tritonclient.http as httpclient
+
+        client = httpclient.InferenceServerClient(
+            url=self.url, connection_timeout=self.timeout_s, network_timeout=self.LOAD_TIMEOUT_S
+        )
+        try:
+            headers = {CONTROL_HEADER: self.control_key} if self.control_key else None
+            getattr(client, f"{action}_model")(model, headers=headers)
+        except Exception as exc:
+            raise BackendError(f"triton {self.url}: {action}ing {model}: {exc}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
+
+    def load(self, model: str) -> None:
+        """Ask Triton to (re)load `model` from its config.pbtxt; returns once it has loaded."""
+        self._control("load", model)
+        self._io.pop(model, None)
+
+    def unload(self, model: str) -> None:
+        self._control("unload", model)
+
+    def version_ready(self, model: str, version: int) -> bool:
+        try:
+            return bool(self.client.is_model_ready(model, model_version=str(version)))
+        except Exception:
+            return False

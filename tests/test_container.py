@@ -341,7 +341,9 @@ def test_start_script_serves_vqa_through_triton_and_stops_on_sigterm(tiny_model,
             assert time.monotonic() < deadline, log_path.read_text()[-6000:]
             time.sleep(1)
         ready_s = time.monotonic() - t0
-        manifest = json.loads((Path(overrides["TWELVE_MODEL_REPOSITORY"]) / "export.json").read_text())
+        from export.versions import read_manifest
+
+        manifest = read_manifest(Path(overrides["TWELVE_MODEL_REPOSITORY"]))
         assert manifest["backend"] == "python" and manifest["precision"] == "fp32"
 
         body = json.dumps(task_body(TASKS[0], scene_png(3))).encode()

@@ -1,24 +1,83 @@
-"""`python -m training.evaluate --checkpoint DIR [--tasks ...] [--split val|test] [--data ROOT]`
+"""`python -m training.evaluate --checkpoint DIR [--tasks ...] [--split val|test] [--predictions OUT]`
 
 Every selected task's metric on a split, printed as a table and written as JSON
-(`DIR/eval_<split>.json`, or `--out`).  The data root defaults to the one the checkpoint was
-trained on.  Retrieval tasks of a checkpoint with the pre-filter also get R@1/5/10 of the
-pre-filter alone and of two-stage search (pre-filter top K re-ranked by the trunk) for each
-`--rerank-k` K, beside the exhaustive ones.
+(`DIR/eval_<split>.json`, or `--out`).  The data root (`--data ROOT`) defaults to the one the
+checkpoint was trained on.  Answer-vocabulary tasks (VQA, VG QA, GQA) report the exact accuracy
+beside the soft score (`training.metrics.vqa_exact_accuracy`).
+
+Each task's row has a `status`: `scored`; `no labels` (a split whose questions come without
+answers, e.g. VQA test2015) or `no examples` (an empty split), which have no score; or `skipped`
+with the `reason` (a split the dataset does not have, e.g. VG QA's test, or a file of it missing),
+while the other tasks are still evaluated.  The exit status is 0 when at least one task was
+evaluated (scored, or run on a split without labels), 2 when every task was skipped.
+
+`--predictions OUT` also writes the evaluation servers' result files for the split, labelled or
+not, with the datasets' own question ids: VQA v2 `OUT/vqa_<split>_results.json`
+(`[{"question_id": int, "answer": str}]`) and GQA `OUT/gqa_<split>_predictions.json`
+(`[{"questionId": str, "prediction": str}]`).
+
+Retrieval tasks of a checkpoint with the pre-filter also get R@1/5/10 of the pre-filter alone and
+of two-stage search (pre-filter top K re-ranked by the trunk) for each `--rerank-k` K, beside the
+exhaustive ones.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.datasets import LoaderConfig, build_dataset, split_names
-from training.evaluation import evaluate_task
-from vilbert.checkpoint import load_checkpoint
-from vilbert.cli import ArgumentParser, run
-from vilbert.tasks import TASKS, get_task
-from vilbert.tokenizer import load_tokenizer
+from training.evaluation import evaluate_task, skip_reason, split_status
+from vilbert.checkpoint import Checkpoint, load_checkpoint
+from vilbert.cli import ArgumentParser, fail, run
+from vilbert.io import atomic_write_text, make_dirs
+from vilbert.tasks import TASKS, Task, get_task
+from vilbert.tokenizer import WordPieceTokenizer, load_tokenizer
+
+SCORED, SKIPPED = "scored", "skipped"
+
+
+@dataclass(frozen=True)
+class ServerFormat:
+    """One evaluation server's result file: its name and each entry's id key, id type and answer key."""
+
+    filename: str  # `{split}` is the --split value
+    id_key: str
+    id_type: Callable[[str], int | str]
+    answer_key: str
+
+
+SERVER_FORMATS: dict[str, ServerFormat] = {
+    "vqa": ServerFormat("vqa_{split}_results.json", "question_id", int, "answer"),  # VQA v2 (EvalAI)
+    "gqa": ServerFormat("gqa_{split}_predictions.json", "questionId", str, "prediction"),  # GQA
+}
+
+
+def server_results(fmt: ServerFormat, predictions: list[tuple[str, int]], answers: list[str]) -> list[dict]:
+    """Result entries from (question id, answer index) pairs; an index past the vocabulary is
+    written `answer_<i>`, as the server names answers of a checkpoint without its answer list."""
+    return [
+        {fmt.id_key: fmt.id_type(qid), fmt.answer_key: answers[i] if i < len(answers) else f"answer_{i}"}
+        for qid, i in predictions
+    ]
+
+
+@dataclass
+class _Run:
+    """What every task's evaluation shares."""
+
+    ck: Checkpoint
+    root: Path
+    loader_cfg: LoaderConfig
+    tokenizer: WordPieceTokenizer
+    split: str
+    batch_size: int
+    max_examples: int | None
+    progress: bool
+    rerank_ks: tuple[int, ...]
+    predictions_dir: Path | None
 
 
 def evaluate_checkpoint(
@@ -30,32 +89,81 @@ def evaluate_checkpoint(
     max_examples: int | None = None,
     progress: bool = True,
     rerank_ks: tuple[int, ...] = (10, 20, 50, 100),
+    predictions_dir: str | Path | None = None,
 ) -> dict[str, dict]:
+    """One row per task (see the module docstring for its `status`); raises only when nothing can
+    run at all (checkpoint or data root missing, unknown task)."""
     ck = load_checkpoint(checkpoint)
     fit_cfg = ck.meta.get("fit_config", {})
     root = Path(data_root or fit_cfg.get("data", {}).get("root", ""))
     if not root.is_dir():
         raise FileNotFoundError(f"data root not found: {root} (pass --data)")
     selected = [get_task(t) for t in (tasks or fit_cfg.get("tasks") or [t.slug for t in TASKS])]
-    loader_cfg = LoaderConfig.for_data_root(root)
-    tokenizer = load_tokenizer()
-    results = {}
-    for task in selected:
-        ds = build_dataset(task, root, split_names(task)[split], config=loader_cfg, tokenizer=tokenizer)
-        results[task.slug] = {
-            "metric": task.metric,
-            "split": split_names(task)[split],
-            **evaluate_task(ck.model, task, ds, batch_size, max_examples, progress, rerank_ks=rerank_ks),
-        }
-    return results
+    ctx = _Run(
+        ck,
+        root,
+        LoaderConfig.for_data_root(root),
+        load_tokenizer(),
+        split,
+        batch_size,
+        max_examples,
+        progress,
+        rerank_ks,
+        None if predictions_dir is None else Path(predictions_dir),
+    )
+    return {task.slug: _evaluate_one(ctx, task) for task in selected}
+
+
+def _evaluate_one(ctx: _Run, task: Task) -> dict:
+    name = split_names(task)[ctx.split]
+    row: dict = {"metric": task.metric, "split": name}
+    if not name:
+        hint = " (evaluate it with --split val)" if ctx.split != "val" else ""
+        return row | {"status": SKIPPED, "reason": f"{task.slug} has no {ctx.split} split{hint}"}
+    fmt = SERVER_FORMATS.get(task.slug) if ctx.predictions_dir is not None else None
+    predictions: list[tuple[str, int]] | None = [] if fmt is not None else None
+    try:
+        ds = build_dataset(task, ctx.root, name, config=ctx.loader_cfg, tokenizer=ctx.tokenizer)
+        result = evaluate_task(
+            ctx.ck.model,
+            task,
+            ds,
+            ctx.batch_size,
+            ctx.max_examples,
+            ctx.progress,
+            rerank_ks=ctx.rerank_ks,
+            predictions=predictions,
+        )
+    except (OSError, KeyError, ValueError) as exc:
+        return row | {"status": SKIPPED, "reason": skip_reason(exc)}
+    status = split_status(result)
+    if status is not None:  # nothing to score: no number rather than a 0.00
+        result = {k: v for k, v in result.items() if k not in ("score", "exact")}
+    row |= {"status": status or SCORED, **result}
+    if fmt is not None and predictions is not None and ctx.predictions_dir is not None:
+        answers = ctx.ck.answers.get(task.answer_vocab) or list(getattr(ds, "label2ans", []))
+        path = make_dirs(ctx.predictions_dir) / fmt.filename.format(split=ctx.split)
+        atomic_write_text(path, json.dumps(server_results(fmt, predictions, answers)))
+        row["predictions"] = str(path)
+    return row
+
+
+def _cell(r: dict, key: str, digits: int = 2) -> str:
+    return f"{r[key]:.{digits}f}" if key in r else "–"
 
 
 def format_table(results: dict[str, dict]) -> str:
-    lines = ["| task | split | metric | score | examples |", "|---|---|---|---:|---:|"]
+    lines = ["| task | split | metric | score | exact | examples |", "|---|---|---|---:|---:|---:|"]
     for slug, r in results.items():
-        extra = "" if "R@5" not in r else f" (R@5 {r['R@5']:.1f}, R@10 {r['R@10']:.1f})"
+        status = r.get("status", SCORED)
+        if status == SCORED:
+            extra = "" if "R@5" not in r else f" (R@5 {r['R@5']:.1f}, R@10 {r['R@10']:.1f})"
+            score = f"{r['score']:.2f}{extra}"
+        else:
+            score = status if status != SKIPPED else f"skipped: {r['reason']}"
+        examples = str(int(r["examples"])) if "examples" in r else "–"
         lines.append(
-            f"| {slug} | {r['split']} | {r['metric']} | {r['score']:.2f}{extra} | {int(r['examples'])} |"
+            f"| {slug} | {r['split'] or '–'} | {r['metric']} | {score} | {_cell(r, 'exact')} | {examples} |"
         )
     return "\n".join(lines)
 
@@ -84,8 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test", choices=["train", "val", "test"])
     parser.add_argument("--data", type=Path, help="data root (default: the training data root)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--max-examples", type=int)
+    parser.add_argument("--max-examples", type=int, help="cap per task (default: every example)")
     parser.add_argument("--out", type=Path, help="JSON output (default: CHECKPOINT/eval_<split>.json)")
+    parser.add_argument(
+        "--predictions",
+        type=Path,
+        metavar="DIR",
+        help="also write the VQA / GQA evaluation servers' result files into DIR",
+    )
     parser.add_argument(
         "--rerank-k",
         type=int,
@@ -103,14 +217,19 @@ def main(argv: list[str] | None = None) -> int:
             args.batch_size,
             args.max_examples,
             rerank_ks=tuple(args.rerank_k),
+            predictions_dir=args.predictions,
         )
     except (FileNotFoundError, KeyError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(skip_reason(exc))
     print(format_table(results))
+    if all(r["status"] == SKIPPED for r in results.values()):
+        return fail(f"no task could be evaluated on --split {args.split} (the table gives each reason)")
     two_stage = two_stage_table(results)
     if two_stage:
         print("\n" + two_stage)
+    for r in results.values():
+        if "predictions" in r:
+            print(f"wrote {r['predictions']}")
     out = args.out or args.checkpoint / f"eval_{args.split}.json"
     out.write_text(json.dumps(results, indent=2))
     print(f"wrote {out}")

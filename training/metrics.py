@@ -41,6 +41,27 @@ def vqa_soft_accuracy(logits: torch.Tensor, target: torch.Tensor) -> MetricSum:
     return MetricSum(float(target.gather(-1, pred).sum()), int(logits.shape[0]))
 
 
+def vqa_exact_accuracy(logits: torch.Tensor, target: torch.Tensor) -> MetricSum:
+    """Exact accuracy: the argmax answer is the ground truth's most frequent answer.
+
+    "Most frequent" is the answer with the highest soft score in the target (VQA: given by the most
+    annotators; answers tied for the most all count); GQA and VG QA have one answer of score 1.0, so
+    this is plain exact match there.  A target with no answer in the vocabulary (all zero) counts wrong.
+    """
+    best = target.amax(dim=-1)
+    got = target.gather(-1, logits.argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return MetricSum(float(((got == best) & (best > 0)).sum()), int(logits.shape[0]))
+
+
+def labelled_rows(batch: Batch) -> int:
+    """Examples of a batch that carry a ground truth: a non-zero target or a class label >= 0.
+
+    A split where no example does has no labels (VQA test2015's questions come without answers).
+    """
+    has_target = batch.target.reshape(batch.batch_size, -1).abs().sum(dim=-1) > 0
+    return int((has_target | (batch.labels >= 0)).sum())
+
+
 def classification_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> MetricSum:
     """Argmax equals the label (NLVR2, SNLI-VE, retrieval 4-way); label -1 ("-") always counts wrong."""
     return MetricSum(float((logits.argmax(dim=-1) == labels).sum()), int(logits.shape[0]))

@@ -4,6 +4,7 @@ repository, send every one of the twelve tasks through tritonclient, compare wit
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -114,15 +115,24 @@ def _trunk_stats(client) -> dict[str, int]:
     return {k: int(stats[k]) for k in ("inference_count", "execution_count")}
 
 
-def test_launcher_binds_loopback_and_exposes_no_repository_api(server):
+def test_launcher_binds_loopback_and_keeps_the_repository_api_to_key_holders(server):
+    """Explicit model control (the version switch loads and unloads), but only with the launcher's key."""
+    from export.versions import CONTROL_HEADER, CONTROL_KEY_FILE
+
     command = " ".join(server.command(Path("tritonserver"), Path("/backends")))
-    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--model-control-mode=none"):
+    for flag in ("--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--model-control-mode=explicit"):
         assert flag in command
-    request = urllib.request.Request(
-        f"http://{server.http_url}/v2/repository/models/trunk/unload", data=b"{}", method="POST"
-    )
-    with pytest.raises(urllib.error.HTTPError):
-        urllib.request.urlopen(request, timeout=5)
+    assert f"--http-restricted-api=model-repository:{CONTROL_HEADER}=" in command
+    url = f"http://{server.http_url}/v2/repository/index"
+    for headers in ({}, {CONTROL_HEADER: "wrong"}):
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(urllib.request.Request(url, b"{}", headers, method="POST"), timeout=5)
+    key = (server.repository / CONTROL_KEY_FILE).read_text().strip()
+    assert key == server.control_key and (server.repository / CONTROL_KEY_FILE).stat().st_mode & 0o077 == 0
+    request = urllib.request.Request(url, b"{}", {CONTROL_HEADER: key}, method="POST")
+    with urllib.request.urlopen(request, timeout=5) as r:
+        index = json.loads(r.read())
+    assert {m["name"] for m in index if m.get("state") == "READY"} >= {"trunk", "head_answer"}
     with urllib.request.urlopen(f"http://{server.http_url}/v2/models/trunk/ready", timeout=5) as r:
         assert r.status == 200
 

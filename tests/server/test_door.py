@@ -144,10 +144,10 @@ def test_missing_build_outputs_name_the_file_and_make_serve(tmp_path):
         check_paths(settings, defaulted)
     built.detector.parent.mkdir(parents=True)
     built.detector.write_bytes(b"x")
-    with pytest.raises(UserError, match=r"model_repository/export.json.*make serve"):
+    with pytest.raises(UserError, match=r"model_repository/active.json.*make serve"):
         check_paths(settings, defaulted)
     (built.repository).mkdir()
-    (built.repository / "export.json").write_text("{}")
+    (built.repository / "active.json").write_text("{}")
     check_paths(settings, defaulted)  # everything the local backend reads is there
     # A path the user gave that is not there: named with its flag, no advice to build the demo.
     given = parse_settings(["--detector-weights", str(tmp_path / "mine.safetensors")])

@@ -125,12 +125,12 @@ def test_disk_cache_survives_restart_and_corruption(tmp_path, tiny_checkpoint, c
     first = TestClient(app_with(tmp_path, tiny_checkpoint, components))
     image_id = first.post("/images", json={"image": b64(pngs[2])}).json()["image_id"]
     answer = first.post("/vqa", json={"image": b64(pngs[2]), "question": "q"}).json()
-    first.app.state.service.cache.close()
+    first.app.state.models.current.cache.close()
 
     second = TestClient(app_with(tmp_path, tiny_checkpoint, components))
     assert second.post("/vqa", json={"image": {"image_id": image_id}, "question": "q"}).json() == answer
     assert cache_hits(second) == {"disk": 1.0}
-    second.app.state.service.cache.close()
+    second.app.state.models.current.cache.close()
 
     env = lmdb.open(str(tmp_path / "cache"), map_size=1 << 30)
     with env.begin(write=True) as txn:

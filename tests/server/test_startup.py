@@ -78,7 +78,7 @@ def test_bootstrap_skips_finished_steps(tmp_path, monkeypatch, capsys):
     modules = [step.command[2] for step in bootstrap.steps(p)]
     assert modules.index("training.datasets.retrieval") < modules.index("training.fit")
     assert modules.index("regions.extract") < modules.index("training.datasets.retrieval")
-    (p.repository / "export.json").unlink()
+    (p.repository / "active.json").unlink()
     bootstrap.build(p)
     assert len(calls) == 1 and calls[0][1:3] == ["-m", "export"]
 

@@ -45,9 +45,9 @@ def test_two_stage_is_the_default_and_equals_exhaustive_when_k_covers_the_galler
 
 def test_small_k_reranks_only_the_prefilter_candidates(client, components, gallery):
     model = components.backend.model
-    service_gallery = client.app.state.service.galleries.find("six")
+    service_gallery = client.app.state.models.current.galleries.find("six")
     embeddings = service_gallery.embeddings[next(iter(service_gallery.embeddings))]
-    ids, mask = client.app.state.service.inference.tokens(CAPTION, _coco())
+    ids, mask = client.app.state.models.current.inference.tokens(CAPTION, _coco())
     query = _caption_embedding(model, ids, mask)
     expected = [gallery[i] for i in np.argsort(-(embeddings @ query), kind="stable")[:2]]
     two = retrieve(client, top_k=1, rerank_k=2)

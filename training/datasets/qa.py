@@ -25,10 +25,17 @@ class QAEntry:
     question: str
     labels: list[int] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
+    source_id: str = ""  # the id as the dataset writes it (GQA's keep leading zeros); "": str(question_id)
 
 
 def _sorted_targets(path: Path) -> list[dict]:
     return sorted(read_pickle(path), key=lambda t: int(t["question_id"]))
+
+
+def _raw_sorted_targets(path: Path) -> list[dict]:
+    """Targets sorted by their raw `question_id` values, as the reference's GQA loader sorts them:
+    GQA's ids are strings, so "10" comes before "9" and the `minval` tail is the last ids in text order."""
+    return sorted(read_pickle(path), key=lambda t: t["question_id"])
 
 
 def _tail_split(items: list, split: str, tail: int, head_name: str, tail_name: str) -> list:
@@ -111,7 +118,12 @@ class QADataset(TaskDataset[QAEntry]):
     def _entries_from_targets(self, targets: list[dict]) -> list[QAEntry]:
         return [
             QAEntry(
-                int(t["question_id"]), str(t["image_id"]), t["question"], list(t["labels"]), list(t["scores"])
+                int(t["question_id"]),
+                str(t["image_id"]),
+                t["question"],
+                list(t["labels"]),
+                list(t["scores"]),
+                source_id=str(t["question_id"]),
             )
             for t in targets
         ]
@@ -119,12 +131,12 @@ class QADataset(TaskDataset[QAEntry]):
     def _read_gqa(self) -> list[QAEntry]:
         match self.split:
             case "trainval" | "minval":
-                targets = _sorted_targets(self.cache_dir / "trainval_target.pkl")
+                targets = _raw_sorted_targets(self.cache_dir / "trainval_target.pkl")
                 return self._entries_from_targets(
                     _tail_split(targets, self.split, self.config.minval_size, "trainval", "minval")
                 )
             case "train" | "val":
-                targets = _sorted_targets(self.cache_dir / f"{self.split}_target.pkl")
+                targets = _raw_sorted_targets(self.cache_dir / f"{self.split}_target.pkl")
                 return self._entries_from_targets(targets)
             case "test" | "testdev":
                 path = self.dataroot / "testdev_balanced_questions.json"
@@ -140,6 +152,7 @@ class QADataset(TaskDataset[QAEntry]):
                             q["question"],
                             [] if label is None else [label],
                             [] if label is None else [1.0],
+                            source_id=qid,
                         )
                     )
                 return sorted(out, key=lambda e: e.question_id)
@@ -173,7 +186,7 @@ class QADataset(TaskDataset[QAEntry]):
         ids, attn = single_pair_text(self.tokens(index))
         return Example(
             task_id=self.task.task_id,
-            example_id=str(entry.question_id),
+            example_id=entry.source_id or str(entry.question_id),
             image_ids=(entry.image_id,),
             input_ids=ids,
             attention_mask=attn,
