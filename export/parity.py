@@ -234,7 +234,10 @@ def metric_dataset(
         return MetricData(build(names[split]), names[split])
     if not names["test"]:
         return MetricData(build(names["val"]), names["val"], "no test split: validation split used")
-    test = build(names["test"])
+    try:
+        test = build(names["test"])
+    except FileNotFoundError as exc:  # a data root with no test files (one prepared by hand)
+        return MetricData(build(names["val"]), names["val"], f"no test files ({exc}): validation split used")
     n = min(len(test), max_examples)
     if n and not any(np.asarray(test[i].target).any() for i in range(n)):
         return MetricData(build(names["val"]), names["val"], "test split unlabelled: validation split used")

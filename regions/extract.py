@@ -330,13 +330,29 @@ def extract_feature_jobs(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m regions.extract", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(
+        prog="python -m regions.extract",
+        description=__doc__.splitlines()[0],
+        epilog="The loaders look a record up by the image_id of the dataset's annotation files, so the "
+        "keys must be those ids: for COCO-named files (VQA v2, RefCOCO, GuessWhat) use --ids number. "
+        "To turn a dataset in its official format into a data root (features in the LMDB path the "
+        "loaders read, answer vocabulary, held-out split) use python -m training.prepare instead "
+        "(docs/your-own-data.md).",
+    )
     parser.add_argument("--preset", help="preset name (vg-x152-fpn, synthetic) or preset JSON")
     parser.add_argument("--weights", type=Path, help=".safetensors (ours) or maskrcnn-benchmark .pth")
     parser.add_argument("--images", type=Path, help="directory of images (searched recursively)")
     parser.add_argument("--out", type=Path, help="LMDB feature store (created or resumed)")
     parser.add_argument("--jobs", type=Path, metavar="D", help="fill the synthetic world D's feature LMDBs")
-    parser.add_argument("--ids", choices=ID_MODES, default="stem", help="image id from the file name")
+    parser.add_argument(
+        "--ids",
+        choices=ID_MODES,
+        default="stem",
+        help="how a file's LMDB key (its image id) comes from its name: stem = the name without extension "
+        "(default; 42.jpg -> 42), number = the trailing number without leading zeros "
+        "(COCO_val2014_000000000042.jpg -> 42, what VQA v2 / COCO image_ids need), relpath = the path "
+        "under --images without extension",
+    )
     parser.add_argument("--id-map", type=Path, help="JSON path->id, or COCO-style images list")
     parser.add_argument("--boxes", type=Path, help="GT-box mode: JSON id->boxes, or COCO instances file")
     parser.add_argument("--box-format", choices=("xyxy", "xywh"), default="xyxy")

@@ -53,6 +53,16 @@ CASES = [
     ("extract-no-input", ["regions.extract", "--preset", "synthetic"], ["--images", "--jobs"]),
     ("detector-train-missing-data", ["regions.train", "--data", NOPE], ["--data", "training.synthetic"]),
     (
+        "prepare-missing-questions",
+        [
+            *("training.prepare", "--task", "vqa", "--questions", f"{NOPE}.json"),
+            *("--annotations", f"{NOPE}.json", "--images", "{tmp}", "--out", "{tmp}/d"),
+            *("--detector", f"{NOPE}.safetensors"),
+        ],
+        ["--questions", NOPE, "no such file"],
+    ),
+    ("prepare-no-images", ["training.prepare", "--task", "vqa"], ["--questions", "required"]),
+    (
         "convert-missing-file",
         ["vilbert.convert", "--official", f"{NOPE}.bin", "--out", "{tmp}/c"],
         ["--official", NOPE],

@@ -30,6 +30,14 @@ from training.config import FitConfig, ScheduleKind, TaskTokens
 from training.datasets import LoaderConfig, build_dataset, split_names
 from training.dsg import StopAndGo
 from training.evaluation import evaluate_task
+from training.finetune import (
+    AnswerHeadPlan,
+    apply_plans,
+    inherited_meta,
+    loader_widths,
+    merged_answers,
+    plan_answer_heads,
+)
 from training.optim import base_lr, build_optimizer, loss_scales, warmup_linear
 from training.step import PrefilterObjective, forward_loss, remap_task_ids
 from training.streams import TaskStream
@@ -42,7 +50,7 @@ from vilbert.checkpoint import (
     save_rotating,
 )
 from vilbert.cli import ArgumentParser, run
-from vilbert.config import ViLBERTConfig, preset
+from vilbert.config import preset
 from vilbert.heads import MultiTaskViLBERT, with_prefilter
 from vilbert.tasks import TASKS, Endpoint, Head, Task, get_task, tasks_for_endpoint
 from vilbert.tokenizer import load_tokenizer, minilm_dir
@@ -101,6 +109,16 @@ def active_tasks(
     raise ValueError(kind)
 
 
+def data_summary(task: Task, train, val) -> str:
+    """One line: which split trains and which validates, in examples and images, and their overlap."""
+    train_images, val_images = set(train.image_ids()), set(val.image_ids())
+    return (
+        f"{task.slug}: trains on {train.split} ({len(train):,} examples, {len(train_images):,} images), "
+        f"validates on {val.split} ({len(val):,} examples, {len(val_images):,} images); "
+        f"{len(train_images & val_images):,} images in both"
+    )
+
+
 def _rng_state() -> dict:
     # Only the generators the loop draws from: torch (dropout) and Python's `random`.  Batches and
     # retrieval negatives come from seeded per-epoch generators and need no saved state.
@@ -129,6 +147,9 @@ class Trainer:
         self.ckpt_dir = self.out / "checkpoints"
         self.tasks = [get_task(s) for s in cfg.tasks]
         self.tokenizer = load_tokenizer()
+        self.head_plans: dict[str, AnswerHeadPlan] = {}
+        self.init_answers: dict[str, list[str]] = {}  # the starting checkpoint's answer lists
+        self.init_meta: dict = {}
         self._build_data()
         self._build_model()
         self.scales = loss_scales(self.tasks)
@@ -162,10 +183,16 @@ class Trainer:
         root = Path(cfg.data.root)
         widths = {}
         if cfg.model.init_checkpoint:
-            # Answer targets as wide as the starting model's answer heads (a converted release or
-            # pretrained checkpoint has 3129 / 1533 outputs, whatever the data's vocabulary holds).
-            init_cfg = ViLBERTConfig.load(Path(cfg.model.init_checkpoint) / CONFIG_FILE)
-            widths = {"vqa_num_answers": init_cfg.num_answers, "gqa_num_answers": init_cfg.num_answers_gqa}
+            # Before any data is loaded: which answer heads keep the starting model's vocabulary and
+            # which are rebuilt for the data's (training/finetune.py); targets as wide as the heads.
+            init = Path(cfg.model.init_checkpoint)
+            if not (init / CONFIG_FILE).is_file():
+                raise FileNotFoundError(f"model.init_checkpoint {init}: not a checkpoint (no {CONFIG_FILE})")
+            self.head_plans = plan_answer_heads(init, root, self.tasks)
+            if self.rank == 0:
+                for plan in self.head_plans.values():
+                    print(plan.notice(), file=sys.stderr, flush=True)
+            widths = loader_widths(init, self.head_plans)
         self.loader_cfg = loader_cfg = LoaderConfig.for_data_root(root, clean=cfg.data.clean, **widths)
         self.train_sets, self.val_sets, self.streams = {}, {}, {}
         for t in self.tasks:
@@ -180,20 +207,34 @@ class Trainer:
             self.streams[t.slug] = TaskStream(
                 self.train_sets[t.slug], max(1, bs // self.world), cfg.seed, t.task_id, self.rank, self.world
             )
+            if self.rank == 0:
+                print(data_summary(t, self.train_sets[t.slug], self.val_sets[t.slug]), file=sys.stderr)
         self.feature_dim = int(self.train_sets[self.tasks[0].slug][0].region_features.shape[-1])
 
     def answer_vocabularies(self) -> dict[str, list[str]]:
-        answers = {}
+        """The trained tasks' vocabularies; the starting checkpoint's lists of the others are kept."""
+        answers: dict[str, list[str]] = {}
         for t in self.tasks:
             vocab = getattr(self.train_sets[t.slug], "label2ans", None)
             if t.answer_vocab and vocab is not None:
                 answers.setdefault(t.answer_vocab, list(vocab))
-        return answers
+        return merged_answers(self.init_answers, answers)
+
+    def checkpoint_meta(self) -> dict:
+        """What every saved checkpoint records: the step, the config, what the starting one lacked."""
+        trained = [t.answer_vocab for t in self.tasks if t.answer_vocab]
+        return {
+            "step": self.step,
+            "fit_config": self.cfg.to_dict(),
+            **inherited_meta(self.init_meta, trained),
+        }
 
     def _build_model(self) -> None:
         spec = self.cfg.model
         if spec.init_checkpoint:
-            model = load_checkpoint(spec.init_checkpoint).model
+            init = load_checkpoint(spec.init_checkpoint)
+            self.init_answers, self.init_meta = init.answers, init.meta
+            model = apply_plans(init.model, self.head_plans)
             if model.config.v_feature_size != self.feature_dim:
                 raise ValueError(
                     f"{spec.init_checkpoint} expects {model.config.v_feature_size}-d region "
@@ -265,7 +306,7 @@ class Trainer:
             self.model,
             self.cfg.checkpoint.keep_last,
             self.answer_vocabularies(),
-            meta={"step": self.step, "fit_config": self.cfg.to_dict()},
+            meta=self.checkpoint_meta(),
             extra={TRAINER_STATE: state},
         )
 
@@ -362,7 +403,7 @@ class Trainer:
                 final,
                 self.model,
                 self.answer_vocabularies(),
-                meta={"step": self.step, "fit_config": self.cfg.to_dict()},
+                meta=self.checkpoint_meta(),
             )
             (self.out / "history.json").write_text(
                 json.dumps(

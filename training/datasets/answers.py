@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from vilbert.io import atomic_write_bytes
 from vilbert.safe_pickle import load_pickle
 
 NUMBER_WORDS = {
@@ -209,9 +210,8 @@ def label2ans_of(ans2label: dict[str, int]) -> list[str]:
 
 
 def _dump(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("wb") as f:
-        pickle.dump(obj, f, protocol=4)
+    """A cache pickle, written atomically (an interrupted build never leaves half a cache)."""
+    atomic_write_bytes(path, pickle.dumps(obj, protocol=4))
 
 
 def build_vqa_cache(vqa_dir: Path, min_count: int = 9, splits: Sequence[str] = ("train", "val")) -> int:

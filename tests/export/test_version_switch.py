@@ -1,0 +1,207 @@
+"""A retrained model replaces the served one with no failed request, through the real bundled tritonserver.
+
+The served repository (the session's tiny export, copied) holds version 1; a "retrained" checkpoint with
+another VQA vocabulary (so its answer head has another width) is exported beside it with
+``python -m export --version next``; a gateway over Triton keeps 4 closed-loop clients on /vqa and
+/ground while version 2 is activated, then rolled back with ``python -m server.models rollback``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from export.triton_server import BundledTriton, TritonError, TritonServer, free_port
+from export.versions import CONTROL_KEY_FILE, read_active, read_answers, versions
+from testkit.tiny_gateway import scene_png, task_body, tiny_components
+from vilbert.checkpoint import load_checkpoint, save_checkpoint
+from vilbert.heads import MultiTaskViLBERT
+from vilbert.tasks import TASKS, Endpoint
+
+pytest.importorskip("tritonclient.http")
+pytestmark = pytest.mark.slow
+ADMIN_KEY = "test-admin-key"
+NEW_ANSWERS = [f"retrained_{i}" for i in range(5)]
+
+
+def retrained_checkpoint(checkpoint: Path, out: Path) -> Path:
+    """The checkpoint with a new 5-answer VQA vocabulary (answer head re-initialised) and perturbed
+    weights elsewhere: what `training.fit` with another vocabulary produces."""
+    loaded = load_checkpoint(checkpoint)
+    cfg = loaded.model.config
+    cfg.num_answers = len(NEW_ANSWERS)
+    torch.manual_seed(1)
+    model = MultiTaskViLBERT(cfg)
+    state = {k: v for k, v in loaded.model.state_dict().items() if model.state_dict()[k].shape == v.shape}
+    model.load_state_dict(state, strict=False)
+    answers = dict(loaded.answers) | {"vqa": NEW_ANSWERS}
+    return save_checkpoint(out, model, answers, loaded.meta)
+
+
+@dataclass
+class Loop:
+    """Closed-loop clients; each response recorded as (start, end, status, X-Model-Version, body)."""
+
+    url: str
+    bodies: list[tuple[str, dict]]
+    stop: threading.Event = field(default_factory=threading.Event)
+    records: list[list[tuple[float, float, int, str | None, dict]]] = field(default_factory=list)
+
+    def run(self, index: int) -> None:
+        path, body = self.bodies[index % len(self.bodies)]
+        mine = self.records[index]
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            while not self.stop.is_set():
+                t0 = time.monotonic()
+                r = client.post(path, json=body)
+                mine.append((t0, time.monotonic(), r.status_code, r.headers.get("x-model-version"), r.json()))
+
+    def start(self, clients: int) -> list[threading.Thread]:
+        self.records = [[] for _ in range(clients)]
+        threads = [threading.Thread(target=self.run, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        return threads
+
+
+def switch_under_load(loop: Loop, switch) -> tuple[dict, float, float]:
+    """Run `switch()` while 4 clients load the gateway; returns its result and its start / end times."""
+    threads = loop.start(4)
+    time.sleep(1.5)
+    begun = time.monotonic()
+    result = switch()
+    ended = time.monotonic()
+    time.sleep(1.5)
+    loop.stop.set()
+    for t in threads:
+        t.join()
+    loop.stop.clear()
+    return result, begun, ended
+
+
+def assert_switched(loop: Loop, old: str, new: str, begun: float, ended: float) -> None:
+    flat = [r for client in loop.records for r in client]
+    assert len(flat) > 40, "too few requests to see a switch"
+    failed = [(status, body) for _, _, status, _, body in flat if status != 200]
+    assert failed == [], failed[:3]
+    assert all(version in (old, new) for *_, version, _ in flat)
+    assert [v for t0, t1, _, v, _ in flat if t1 < begun] and all(
+        v == old for _, t1, _, v, _ in flat if t1 < begun
+    )
+    after = [v for t0, _, _, v, _ in flat if t0 > ended]
+    assert after and all(v == new for v in after)
+    for client in loop.records:  # no client sees the old version again once it has seen the new one
+        seen = [v for *_, v, _ in client]
+        assert seen == sorted(seen, key=lambda v: v != old), seen
+
+
+def test_retrained_model_is_activated_and_rolled_back_with_no_failed_request(
+    tiny_export, tmp_path: Path, capsys
+):
+    try:
+        BundledTriton.locate()
+    except TritonError as exc:
+        pytest.skip(f"no tritonserver binary: {exc}")
+    import uvicorn
+
+    from export.__main__ import main as export_main
+    from server.__main__ import uvicorn_config
+    from server.app import create_app
+    from server.loading import Components
+    from server.models import main as models_main
+    from server.settings import BackendKind, Settings
+    from server.triton_backend import TritonBackend
+
+    repository = tmp_path / "model_repository"
+    shutil.copytree(tiny_export.repository, repository)
+    retrained = retrained_checkpoint(tiny_export.inputs.checkpoint, tmp_path / "retrained")
+    args = ["--checkpoint", str(retrained), "--out", str(repository), "--version", "next"]
+    args += ["--detector", str(tiny_export.inputs.detector), "--skip-metric", "--no-int8-report"]
+    assert export_main(args) == 0
+    assert "python -m server.models activate 2" in capsys.readouterr().out
+    assert versions(repository) == [1, 2] and read_active(repository)["version"] == 1
+    assert read_answers(repository, 2)["vqa"] == NEW_ANSWERS
+
+    with TritonServer(repository, startup_timeout=300) as triton:
+        port = free_port()
+        settings = Settings(
+            backend=BackendKind.TRITON,
+            model_repository=repository,
+            triton_url=triton.http_url,
+            admin_key=ADMIN_KEY,
+            port=port,
+            workers=4,
+            max_queue=16,
+            cache_dir=tmp_path / "cache",
+        )
+        tiny = tiny_components(tiny_export.inputs.checkpoint)
+        parts = Components(
+            TritonBackend(triton.http_url, version=1),
+            tiny.extractor,
+            tiny.tokenizer,
+            read_answers(repository, 1),
+            version=1,
+        )
+        app = create_app(settings, parts)
+        server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
+        thread = threading.Thread(target=server.run)
+        thread.start()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            while not server.started:
+                time.sleep(0.05)
+            png = scene_png(2)
+            vqa = next(t for t in TASKS if t.slug == "vqa")
+            ground = next(t for t in TASKS if t.endpoint is Endpoint.GROUND)
+            loop = Loop(url, [("/vqa", task_body(vqa, png)), ("/ground", task_body(ground, png))])
+            with httpx.Client(base_url=url) as client:
+                assert client.get("/tasks").json()["model_version"] == 1
+                assert client.post("/admin/models/2:activate").status_code == 401  # no key
+                headers = {"X-API-Key": ADMIN_KEY}
+                listing = client.get("/admin/models", headers=headers).json()
+                assert [v["version"] for v in listing["versions"]] == [1, 2] and listing["active"] == 1
+
+                def activate() -> dict:
+                    r = client.post("/admin/models/2:activate", headers=headers, timeout=300)
+                    assert r.status_code == 200, r.text
+                    return r.json()
+
+                result, begun, ended = switch_under_load(loop, activate)
+            seconds, load = result["seconds"], result["load_seconds"]
+            print(f"swap 1 -> 2 under 4 clients: {seconds:.2f} s (Triton load {load:.2f} s)")
+            assert result["switched"] and result["version"] == 2 and result["previous"] == 1
+            assert_switched(loop, "1", "2", begun, ended)
+            answers = {
+                a["answer"] for c in loop.records for *_, v, b in c if v == "2" for a in b.get("answers", [])
+            }
+            assert answers and answers <= set(NEW_ANSWERS)  # version 2's vocabulary answers
+            assert read_active(repository) | {"history": None} == {
+                "version": 2,
+                "previous": 1,
+                "history": None,
+            }
+            app.state.models.wait_retired()
+            ready = TritonBackend(triton.http_url)
+            assert not ready.version_ready("trunk", 1) and ready.version_ready("trunk", 2)
+
+            # Rollback through the CLI (reads the key from the environment), under the same load.
+            cli = ["--url", url, "--repository", str(repository), "--admin-key", ADMIN_KEY]
+            result, begun, ended = switch_under_load(loop, lambda: models_main(["rollback", *cli]))
+            assert result == 0
+            out = capsys.readouterr().out
+            assert "version 1 active (was 2)" in out
+            print(out)
+            assert_switched(loop, "2", "1", begun, ended)
+            app.state.models.wait_retired()
+            assert ready.version_ready("head_answer", 1) and not ready.version_ready("head_answer", 2)
+            assert (repository / CONTROL_KEY_FILE).is_file()
+        finally:
+            server.should_exit = True
+            thread.join()
