@@ -7,8 +7,12 @@ Both files are written atomically (`vilbert.io`), the preset first; loading is s
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
+
+import torch
 
 from regions.detector import RegionDetector, build_detector
 from regions.maskrcnn_import import load_maskrcnn_benchmark_detector
@@ -74,3 +78,15 @@ def read_class_names(path: str | Path) -> tuple[str, ...]:
             data = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
         return tuple(str(x) for x in data)
     return tuple(line.strip().split(",")[0] for line in text.splitlines() if line.strip())
+
+
+def detector_key(detector: RegionDetector) -> str:
+    """16 hex digits naming a detector: sha256 over its preset and every weight (names, shapes, bytes).
+    Two detectors share a key only when they compute the same features (the region cache's folder)."""
+    preset = json.dumps(dataclasses.asdict(detector.preset), sort_keys=True, default=str)
+    digest = hashlib.sha256(preset.encode())
+    for name, tensor in detector.state_dict().items():
+        t = tensor.detach().contiguous().cpu()
+        digest.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
+        digest.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]

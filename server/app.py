@@ -251,6 +251,17 @@ def _openapi(app: FastAPI) -> Callable[[], dict]:
     return build
 
 
+def extractor_key(extractor: object) -> str:
+    """The region cache's key for this extractor's detector (weights and preset), "" when it has none
+    to digest (stand-ins in tests)."""
+    detector = getattr(extractor, "detector", None)
+    if detector is None or not hasattr(detector, "state_dict"):
+        return ""
+    from regions.weights import detector_key
+
+    return detector_key(detector)
+
+
 def model_versions(settings: Settings, service: Service, components: Components) -> ModelVersions:
     """The version switch over `service`: possible when it serves a version of a repository (local or
     Triton backend started from `settings`), not for a torch checkpoint or hand-built components."""
@@ -281,7 +292,12 @@ def create_app(settings: Settings | None = None, components: Components | None =
     settings = settings or Settings()
     metrics = Metrics()
     components = components or load_components(settings)
-    cache = RegionCache(settings.cache_entries, settings.cache_dir, settings.pixel_cache_entries)
+    cache = RegionCache(
+        settings.cache_entries,
+        settings.cache_dir,
+        settings.pixel_cache_entries,
+        detector=extractor_key(components.extractor),
+    )
     service = Service(
         settings,
         components.backend,

@@ -1,4 +1,7 @@
 """Region features by image content: a memory LRU in front of an LMDB on disk, keyed by sha256.
+Features depend on the detector as much as on the image: the disk cache of one detector lives in a
+folder of its own, ``<cache_dir>/<detector key>/`` (`regions.weights.detector_key`: a digest of the
+detector's weights and preset), so a new detector never serves the old one's features.
 
 A second question about the same image skips the detector.  Disk records use the reference feature
 layout (`regions.store.RegionRecord`), so ``regions.store.FeatureStore`` can read the cache offline.
@@ -87,10 +90,18 @@ class LRU:
 class RegionCache:
     """Memory LRU + optional LMDB.  `get` returns (regions, level) with level "memory"/"disk"/None."""
 
-    def __init__(self, capacity: int, disk_dir: str | Path | None = None, pixel_capacity: int = 16) -> None:
+    def __init__(
+        self,
+        capacity: int,
+        disk_dir: str | Path | None = None,
+        pixel_capacity: int = 16,
+        detector: str = "",
+    ) -> None:
         self.memory = LRU(capacity)
         self.pixels = LRU(pixel_capacity)
-        self.disk_dir = Path(disk_dir) if disk_dir is not None else None
+        self.detector = detector  # the detector key; "" keeps the LMDB at disk_dir itself
+        root = Path(disk_dir) if disk_dir is not None else None
+        self.disk_dir = root / detector if root is not None and detector else root
         self._env: lmdb.Environment | None = None
         self._disk_lock = threading.Lock()
         if self.disk_dir is not None:

@@ -125,6 +125,8 @@ def test_disk_cache_survives_restart_and_corruption(tmp_path, tiny_checkpoint, c
     first = TestClient(app_with(tmp_path, tiny_checkpoint, components))
     image_id = first.post("/images", json={"image": b64(pngs[2])}).json()["image_id"]
     answer = first.post("/vqa", json={"image": b64(pngs[2]), "question": "q"}).json()
+    disk = first.app.state.models.current.cache.disk_dir
+    assert disk.parent == tmp_path / "cache" and len(disk.name) == 16  # one folder per detector
     first.app.state.models.current.cache.close()
 
     second = TestClient(app_with(tmp_path, tiny_checkpoint, components))
@@ -132,13 +134,43 @@ def test_disk_cache_survives_restart_and_corruption(tmp_path, tiny_checkpoint, c
     assert cache_hits(second) == {"disk": 1.0}
     second.app.state.models.current.cache.close()
 
-    env = lmdb.open(str(tmp_path / "cache"), map_size=1 << 30)
+    env = lmdb.open(str(disk), map_size=1 << 30)
     with env.begin(write=True) as txn:
         txn.put(image_id.encode(), b"\x80not a pickle")
     env.close()
     third = TestClient(app_with(tmp_path, tiny_checkpoint, components))
     assert third.post("/vqa", json={"image": b64(pngs[2]), "question": "q"}).json() == answer
     assert cache_hits(third) == {"miss": 1.0}
+
+
+def test_a_new_detector_never_serves_the_old_detectors_features(tmp_path, tiny_checkpoint, components, pngs):
+    """Same cache folder, same image, another detector (weights retrained): a miss, not the old features."""
+    import copy
+
+    import torch
+
+    from regions.extractor import RegionExtractor
+    from regions.weights import detector_key
+
+    image = {"image": b64(pngs[1]), "question": "q"}
+    first = TestClient(app_with(tmp_path, tiny_checkpoint, components))
+    first.post("/vqa", json=image)
+    first.app.state.models.current.cache.close()
+    retrained = copy.deepcopy(components.extractor.detector)
+    with torch.no_grad():
+        next(retrained.parameters()).add_(0.01)
+    assert detector_key(retrained) != detector_key(components.extractor.detector)
+    other = Components(
+        components.backend, RegionExtractor(retrained, batch_size=1), components.tokenizer, components.answers
+    )
+    second = TestClient(app_with(tmp_path, tiny_checkpoint, other))
+    second.post("/vqa", json=image)
+    assert cache_hits(second) == {"miss": 1.0}
+    second.app.state.models.current.cache.close()
+    third = TestClient(app_with(tmp_path, tiny_checkpoint, components))  # the first detector again
+    third.post("/vqa", json=image)
+    assert cache_hits(third) == {"disk": 1.0}
+    third.app.state.models.current.cache.close()
 
 
 @pytest.mark.parametrize("n_images", [1, 5])
