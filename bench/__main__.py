@@ -10,7 +10,9 @@ Writes `bench/results/latest.json` and regenerates `docs/performance.md`.  Secti
 4. serving: gateway (local / triton) vs in-process onnxruntime, padding, concurrency, cold vs cached
    image, peak memory (the served demo model);
 5. retrieval over galleries of 100 and 1000 images (bench/retrieval.py when present);
-6. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
+6. model swap (bench/swap.py): requests failed and the switch time while the served model is replaced
+   under 4 clients (the served demo model published again as the next version);
+7. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
    onnxruntime TensorRT EP fp16 at batch 1 and 8; without one the section reads "n/a: no CUDA device".
 
 `--quick` runs every section with fewer repetitions and examples (minutes, not tens of minutes).
@@ -54,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="*",
         default=None,
-        help="sections to run (machine model accuracy serving retrieval gpu)",
+        help="sections to run (machine model accuracy serving retrieval swap gpu)",
     )
     p.add_argument(
         "--merge",
@@ -85,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"rendered {args.doc} from {args.out}")
         return 0
     started = time.perf_counter()
-    want = set(args.only or ["machine", "model", "accuracy", "serving", "retrieval", "gpu"])
+    want = set(args.only or ["machine", "model", "accuracy", "serving", "retrieval", "swap", "gpu"])
     WORK.mkdir(parents=True, exist_ok=True)
     result: dict = {
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -136,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             )
     if "retrieval" in want:
         result["retrieval"] = section_retrieval(args)
+    if "swap" in want:
+        result["swap"] = section_swap(args)
     if "gpu" in want:
         result["gpu"] = section_gpu(args)
     result["machine"]["load_average_end"] = machine.load_average()
@@ -161,6 +165,17 @@ def main(argv: list[str] | None = None) -> int:
             f"{c['claim']}: {c['value']}"
         )
     return 0
+
+
+def section_swap(args) -> dict:
+    from bench.swap import measure
+
+    image = next(Path("artifacts/examples").glob("*.png"), None)
+    needed = [args.repository / "active.json", args.detector]
+    missing = [str(p) for p in needed if not p.exists()] + ([] if image else ["artifacts/examples/*.png"])
+    if missing:
+        return {"missing": "missing " + ", ".join(missing)}
+    return measure(args.repository, args.detector, image, log=log)
 
 
 def section_model(args) -> dict:

@@ -156,6 +156,18 @@ def checks(r: dict) -> list[dict]:
     for how, key in (("same bytes", "bytes"), ("image_id", "id")):
         claim = f"the same on the demo model with its small synthetic detector ({how})"
         rows.append((claim, _get(cold_demo, f"ratio_cold_over_cached_{key}"), 10.0, ".1f", ">=", True))
+    switches = (_get(r, "swap", "switches") or {}).values()
+    failed = sum(s["failed"] + s["wrong_version"] for s in switches) if switches else None
+    rows.append(
+        (
+            "requests failed or answered by the wrong version while the model is replaced (#17: 0)",
+            failed,
+            0,
+            "d",
+            "<=",
+            False,
+        )
+    )
     out = [
         {
             "claim": claim,
@@ -247,6 +259,9 @@ def render(r: dict, retrieval_md: str = "") -> str:
             for size, row in fallback.items():
                 lines.append(f"| {size} | {_ms(row.get('exhaustive_s'))} | {_ms(row.get('two_stage_s'))} |")
     from bench.gpu import markdown as gpu_markdown
+    from bench.swap import markdown as swap_markdown
+
+    lines += ["", "## Replacing the served model under load", "", *swap_markdown(r.get("swap"))]
 
     lines += ["", "## GPU", "", *gpu_markdown(r.get("gpu"))]
     if r.get("notes"):

@@ -9,9 +9,6 @@ another VQA vocabulary (so its answer head has another width) is exported beside
 from __future__ import annotations
 
 import shutil
-import threading
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -20,6 +17,7 @@ import torch
 
 from export.triton_server import BundledTriton, TritonError, TritonServer, free_port
 from export.versions import CONTROL_KEY_FILE, read_active, read_answers, versions
+from testkit.swap import Loop, gateway_thread
 from testkit.tiny_gateway import scene_png, task_body, tiny_components
 from vilbert.checkpoint import load_checkpoint, save_checkpoint
 from vilbert.heads import MultiTaskViLBERT
@@ -45,61 +43,13 @@ def retrained_checkpoint(checkpoint: Path, out: Path) -> Path:
     return save_checkpoint(out, model, answers, loaded.meta)
 
 
-@dataclass
-class Loop:
-    """Closed-loop clients; each response recorded as (start, end, status, X-Model-Version, body)."""
-
-    url: str
-    bodies: list[tuple[str, dict]]
-    stop: threading.Event = field(default_factory=threading.Event)
-    records: list[list[tuple[float, float, int, str | None, dict]]] = field(default_factory=list)
-
-    def run(self, index: int) -> None:
-        path, body = self.bodies[index % len(self.bodies)]
-        mine = self.records[index]
-        with httpx.Client(base_url=self.url, timeout=60) as client:
-            while not self.stop.is_set():
-                t0 = time.monotonic()
-                r = client.post(path, json=body)
-                mine.append((t0, time.monotonic(), r.status_code, r.headers.get("x-model-version"), r.json()))
-
-    def start(self, clients: int) -> list[threading.Thread]:
-        self.records = [[] for _ in range(clients)]
-        threads = [threading.Thread(target=self.run, args=(i,)) for i in range(clients)]
-        for t in threads:
-            t.start()
-        return threads
-
-
-def switch_under_load(loop: Loop, switch) -> tuple[dict, float, float]:
-    """Run `switch()` while 4 clients load the gateway; returns its result and its start / end times."""
-    threads = loop.start(4)
-    time.sleep(1.5)
-    begun = time.monotonic()
-    result = switch()
-    ended = time.monotonic()
-    time.sleep(1.5)
-    loop.stop.set()
-    for t in threads:
-        t.join()
-    loop.stop.clear()
-    return result, begun, ended
-
-
-def assert_switched(loop: Loop, old: str, new: str, begun: float, ended: float) -> None:
-    flat = [r for client in loop.records for r in client]
-    assert len(flat) > 40, "too few requests to see a switch"
-    failed = [(status, body) for _, _, status, _, body in flat if status != 200]
-    assert failed == [], failed[:3]
-    assert all(version in (old, new) for *_, version, _ in flat)
-    assert [v for t0, t1, _, v, _ in flat if t1 < begun] and all(
-        v == old for _, t1, _, v, _ in flat if t1 < begun
-    )
-    after = [v for t0, _, _, v, _ in flat if t0 > ended]
-    assert after and all(v == new for v in after)
-    for client in loop.records:  # no client sees the old version again once it has seen the new one
-        seen = [v for *_, v, _ in client]
-        assert seen == sorted(seen, key=lambda v: v != old), seen
+def assert_switched(loop: Loop, old: str, new: str, begun: float, ended: float) -> dict:
+    summary = loop.summary(old, new, begun, ended)
+    assert summary["requests"] > 40, "too few requests to see a switch"
+    assert summary["failed"] == 0, summary["first_failures"]
+    assert summary["before"] and summary["after"], summary
+    assert summary["wrong_version"] == 0 and summary["clients_regressed"] == 0, summary
+    return summary
 
 
 @pytest.fixture(scope="module")
@@ -171,9 +121,6 @@ def test_retrained_model_is_activated_and_rolled_back_with_no_failed_request(
         BundledTriton.locate()
     except TritonError as exc:
         pytest.skip(f"no tritonserver binary: {exc}")
-    import uvicorn
-
-    from server.__main__ import uvicorn_config
     from server.app import create_app
     from server.loading import Components
     from server.models import main as models_main
@@ -203,13 +150,7 @@ def test_retrained_model_is_activated_and_rolled_back_with_no_failed_request(
             version=1,
         )
         app = create_app(settings, parts)
-        server = uvicorn.Server(uvicorn_config(app, settings, log_level="warning"))
-        thread = threading.Thread(target=server.run)
-        thread.start()
-        url = f"http://127.0.0.1:{port}"
-        try:
-            while not server.started:
-                time.sleep(0.05)
+        with gateway_thread(app, settings) as url:
             png = scene_png(2)
             vqa = next(t for t in TASKS if t.slug == "vqa")
             ground = next(t for t in TASKS if t.endpoint is Endpoint.GROUND)
@@ -226,7 +167,7 @@ def test_retrained_model_is_activated_and_rolled_back_with_no_failed_request(
                     assert r.status_code == 200, r.text
                     return r.json()
 
-                result, begun, ended = switch_under_load(loop, activate)
+                result, begun, ended = loop.around(activate)
             seconds, load = result["seconds"], result["load_seconds"]
             print(f"swap 1 -> 2 under 4 clients: {seconds:.2f} s (Triton load {load:.2f} s)")
             assert result["switched"] and result["version"] == 2 and result["previous"] == 1
@@ -244,9 +185,9 @@ def test_retrained_model_is_activated_and_rolled_back_with_no_failed_request(
             ready = TritonBackend(triton.http_url)
             assert not ready.version_ready("trunk", 1) and ready.version_ready("trunk", 2)
 
-            # Rollback through the CLI (reads the key from the environment), under the same load.
+            # Rollback through the CLI, under the same load.
             cli = ["--url", url, "--repository", str(repository), "--admin-key", ADMIN_KEY]
-            result, begun, ended = switch_under_load(loop, lambda: models_main(["rollback", *cli]))
+            result, begun, ended = loop.around(lambda: models_main(["rollback", *cli]))
             assert result == 0
             out = capsys.readouterr().out
             assert "version 1 active (was 2)" in out
@@ -255,6 +196,3 @@ def test_retrained_model_is_activated_and_rolled_back_with_no_failed_request(
             app.state.models.wait_retired()
             assert ready.version_ready("head_answer", 1) and not ready.version_ready("head_answer", 2)
             assert (repository / CONTROL_KEY_FILE).is_file()
-        finally:
-            server.should_exit = True
-            thread.join()
