@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from export.graphs import (
 from export.parity import FP32_TOLERANCE, INT8_METRIC_POINTS, run_gate
 from export.quantize import QuantizeOptions, quantize_graph
 from export.report import write_report
-from export.repository import add_version, checkpoint_digest, exporter_digest, write_repository
+from export.repository import add_version, checkpoint_digest, exporter_digest, sha256, write_repository
 from export.runtime import OnnxGraphs
 from export.triton_config import Backend, Deployment
 from vilbert.checkpoint import load_checkpoint
@@ -219,9 +220,15 @@ def run_export(opts: ExportOptions, log: Callable[[str], None] = print) -> Expor
     backend = opts.deployment.backend
     check_supported(opts.precision, backend)
     if opts.add_version:
-        from export.versions import check_can_add
+        from export.versions import check_can_add, read_manifest, versions
 
         check_can_add(opts.out, opts.version)
+        if opts.detector is None and versions(opts.out) and read_manifest(opts.out).get("detector"):
+            print(
+                f"warning: {opts.out}'s served version has detector graphs and this one will not "
+                "(no --detector): pass the detector's weights to keep them",
+                file=sys.stderr,
+            )
     loaded = load_inputs(opts.checkpoint, opts.detector)
     data_root = _data_root(opts, loaded.meta)
     out = Path(opts.out)
@@ -318,6 +325,8 @@ def finish_export(
             "versions": report["versions"],
             "exporter": exporter_digest(),
             "checkpoint_sha256": checkpoint_digest(opts.checkpoint),
+            # The detector's weights file: a version switch refuses a version of another detector.
+            "detector_sha256": sha256(opts.detector) if opts.detector is not None else None,
         }
         write = add_version if opts.add_version else write_repository
         repository = write(

@@ -148,7 +148,9 @@ class ModelVersions:
         assert self.repository is not None
         a, b = read_manifest(self.repository, old), read_manifest(self.repository, new)
         width = "v_feature_size"
-        if (a.get("detector") or {}) != (b.get("detector") or {}) and a.get("detector") and b.get("detector"):
+        other_shape = (a.get("detector") or {}) != (b.get("detector") or {})
+        other_weights = a.get("detector_sha256") != b.get("detector_sha256")
+        if a.get("detector") and b.get("detector") and (other_shape or other_weights):
             raise SwitchError(
                 f"version {new} was exported with another detector than version {old}; the gateway "
                 "extracts regions with the detector it started with: restart it on version "

@@ -114,6 +114,25 @@ def evaluate_checkpoint(
     return {task.slug: _evaluate_one(ctx, task) for task in selected}
 
 
+def vocabulary_mismatch(ck: Checkpoint, task: Task, ds: object) -> str | None:
+    """Why the model's answers cannot be scored against this dataset's labels (another answer list, or
+    another width), or None.  A model's answer index i means its own list's i-th answer."""
+    data = list(getattr(ds, "label2ans", None) or [])
+    if not task.answer_vocab or not data:
+        return None
+    ours = ck.answers.get(task.answer_vocab)
+    cfg = ck.model.config
+    width = {"vqa": cfg.num_answers, "gqa": cfg.num_answers_gqa}.get(task.answer_vocab)
+    if (ours is not None and list(ours) != data) or (ours is None and width != len(data)):
+        have = len(ours) if ours is not None else width
+        return (
+            f"{task.slug}: the model answers from its own {task.answer_vocab} list ({have} answers), "
+            f"not this data's ({len(data)}): evaluate a model trained on this data, or prepare the data "
+            "with the model's list (training.prepare --answers-from-checkpoint)"
+        )
+    return None
+
+
 def _evaluate_one(ctx: _Run, task: Task) -> dict:
     name = split_names(task)[ctx.split]
     row: dict = {"metric": task.metric, "split": name}
@@ -124,6 +143,9 @@ def _evaluate_one(ctx: _Run, task: Task) -> dict:
     predictions: list[tuple[str, int]] | None = [] if fmt is not None else None
     try:
         ds = build_dataset(task, ctx.root, name, config=ctx.loader_cfg, tokenizer=ctx.tokenizer)
+        mismatch = vocabulary_mismatch(ctx.ck, task, ds)
+        if mismatch is not None:
+            return row | {"status": SKIPPED, "reason": mismatch}
         result = evaluate_task(
             ctx.ck.model,
             task,

@@ -15,6 +15,7 @@ import httpx
 import pytest
 import torch
 
+from bench.swap import publish_again
 from export.triton_server import BundledTriton, TritonError, TritonServer, free_port
 from export.versions import CONTROL_KEY_FILE, read_active, read_answers, versions
 from testkit.swap import Loop, gateway_thread
@@ -196,3 +197,17 @@ def test_retrained_model_is_activated_and_rolled_back_with_no_failed_request(
             app.state.models.wait_retired()
             assert ready.version_ready("head_answer", 1) and not ready.version_ready("head_answer", 2)
             assert (repository / CONTROL_KEY_FILE).is_file()
+
+            # A version whose graphs do not load is refused; the served version keeps answering.
+            broken = publish_again(repository, 2)
+            graph = repository / "head_answer" / str(broken) / "model.onnx"
+            graph.unlink()  # a hard link to version 2's file: replace it, do not write through it
+            graph.write_bytes(b"not an onnx graph")
+            with httpx.Client(base_url=url, headers={"X-API-Key": ADMIN_KEY}) as client:
+                r = client.post(f"/admin/models/{broken}:activate", timeout=300)
+                assert r.status_code == 503 and "could not load" in r.json()["error"]["message"], r.text
+                vqa_again = client.post("/vqa", json=task_body(vqa, png))
+                assert vqa_again.status_code == 200 and vqa_again.headers["x-model-version"] == "1"
+                assert client.get("/readyz").json()["ready"] is True
+            assert read_active(repository)["version"] == 1
+            assert ready.version_ready("trunk", 1) and not ready.version_ready("trunk", broken)
