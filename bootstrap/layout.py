@@ -18,6 +18,7 @@ class Paths:
     checkpoint: Path = ROOT / "runs" / "demo" / "model"
     repository: Path = ROOT / "model_repository"
     cache: Path = ROOT / "artifacts" / "region-cache"
+    galleries: Path = ROOT / "artifacts" / "galleries"  # the gateway's gallery store (--data-dir)
     examples: Path = ROOT / "artifacts" / "examples"  # the web page's example images (examples.json)
 
 

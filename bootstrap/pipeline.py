@@ -154,6 +154,7 @@ def serve(p: Paths, backend: str, host: str, port: int, n: int | None = None) ->
 
     args = ["--host", host, "--port", str(port), "--checkpoint", str(p.checkpoint)]
     args += ["--detector-weights", str(p.detector), "--cache-dir", str(p.cache)]
+    args += ["--data-dir", str(p.galleries)]
     args += ["--model-repository", str(p.repository), "--examples-dir", str(p.examples)]
     args += concurrency_flags(backend)
     n = n or len(steps(p)) + 1

@@ -5,7 +5,9 @@ request ids), `routes` (thin routers), `deps` (typed FastAPI dependencies the ro
 `schemas` (request/answer models), `service` (wires the parts below, no logic), `images` (image
 reference -> bytes -> decode -> detector -> region cache), `inference` (text checks, tokens, padded
 regions, the graph calls), the readouts `vqa`, `ground`, `retrieve`, `verify` (one per task
-endpoint), `galleries` (named galleries for /retrieve), `protocols` (what the gateway calls on the
+endpoint), `galleries` (named galleries for /retrieve: append, delete, background rebuilds), with
+`gallery_store` (their files under data_dir: segments + a manifest committed last) and
+`vector_index` (faiss: exact or HNSW stage-1 search), `protocols` (what the gateway calls on the
 extractor and the tokenizer), `errors` (domain errors -> HTTP, in one place), `backend` (the Protocol
 + `local` onnxruntime and `torch` backends), `triton_backend` (tritonclient), `region_cache` (memory
 LRU + LMDB by image sha256), `metrics` (Prometheus), `loading`, `examples` (the page's example images,

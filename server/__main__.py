@@ -38,6 +38,7 @@ def parse_settings(argv: Sequence[str] | None = None) -> Settings:
     p.add_argument("--triton-url", help="Triton's HTTP endpoint host:port (default 127.0.0.1:8010)")
     p.add_argument("--detector-weights", help="regions detector .safetensors (preset JSON beside it)")
     p.add_argument("--cache-dir", help="LMDB directory for the region-feature cache")
+    p.add_argument("--data-dir", help="gallery store: galleries kept across restarts (default: in memory)")
     p.add_argument("--examples-dir", help="the web page's example images (examples.json + PNGs)")
     p.add_argument("--threads", type=int, help="intra-op threads of each model call (onnxruntime / torch)")
     p.add_argument("--workers", type=int, help="requests running model code at once")
@@ -60,6 +61,7 @@ PATHS = {
     "detector_weights": ("--detector-weights", "detector weights"),
     "checkpoint": ("--checkpoint", "checkpoint"),
     "cache_dir": ("--cache-dir", "region cache"),
+    "data_dir": ("--data-dir", "gallery store"),
     "examples_dir": ("--examples-dir", "web page examples"),
 }
 
@@ -68,8 +70,9 @@ def with_build_outputs(settings: Settings, built: Paths | None = None) -> tuple[
     """`settings` with every input path not given (by flag or ``TWELVE_*``) set to where `make serve`
     writes it, and the names of the settings so filled.  The checkpoint (answer vocabularies; the
     weights only for ``--backend torch``) is filled only where it exists or is needed: an exported
-    repository carries the vocabularies too.  The region cache stays as given (memory only unless
-    ``--cache-dir``; `make serve` passes ``artifacts/region-cache``)."""
+    repository carries the vocabularies too.  The region cache and the gallery store stay as given
+    (memory only unless ``--cache-dir`` / ``--data-dir``; `make serve` passes
+    ``artifacts/region-cache`` and ``artifacts/galleries``)."""
     built = built or Paths()
     outputs = {
         "model_repository": built.repository,

@@ -314,9 +314,11 @@ def create_app(settings: Settings | None = None, components: Components | None =
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         gateway.open()
+        models.current.galleries.open()
         yield
         # Readiness goes false first, then in-flight work drains (uvicorn stops accepting before this).
         gateway.close()
+        models.current.galleries.close()  # the gallery builder stops before the backend closes
         models.close()
         models.current.backend.close()
         cache.close()

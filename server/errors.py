@@ -81,6 +81,18 @@ class DeadlineExceededError(ServiceError):
     status = 504
 
 
+class RebuildingError(ServiceError):
+    """A gallery's search index for the served model version is being (re)built (503 + Retry-After)."""
+
+    status = 503
+
+
+class InsufficientStorageError(ServiceError):
+    """The gallery store would go over its quota, or its disk is full (507)."""
+
+    status = 507
+
+
 def _field_name(loc: tuple | list) -> str:
     return ".".join(str(p) for p in loc if p not in ("body",)) or "body"
 

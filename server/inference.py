@@ -7,6 +7,9 @@ Backend failures become `BackendUnavailableError` (503 + Retry-After) here and n
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -126,14 +129,44 @@ def best_first(scores: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-scores, kind="stable")[:k]
 
 
+class Pace:
+    """The trunk's recent throughput in image-caption pairs per second, from the last `window`
+    `match_scores` calls (what an exhaustive search of N images will take: N / rate)."""
+
+    def __init__(self, assumed: float, window: int = 32) -> None:
+        self.assumed = assumed  # the rate until one is measured
+        self._calls: deque[tuple[int, float]] = deque(maxlen=window)
+        self._lock = threading.Lock()
+
+    def record(self, pairs: int, seconds: float) -> None:
+        if pairs > 0 and seconds > 0:
+            with self._lock:
+                self._calls.append((pairs, seconds))
+
+    def rate(self) -> tuple[float, bool]:
+        """(pairs per second, whether it was measured)."""
+        with self._lock:
+            pairs = sum(p for p, _ in self._calls)
+            seconds = sum(t for _, t in self._calls)
+        return (pairs / seconds, True) if pairs and seconds > 0 else (self.assumed, False)
+
+
 class Inference:
     """Text and regions in, graph outputs out, through a `Backend`."""
 
-    def __init__(self, settings: Settings, backend: Backend, tokenizer: Tokenizer, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        backend: Backend,
+        tokenizer: Tokenizer,
+        metrics: Metrics,
+        pace: Pace | None = None,
+    ) -> None:
         self.settings = settings
         self.backend = backend
         self.tokenizer = tokenizer
         self.metrics = metrics
+        self.pace = pace or Pace(settings.exhaustive_pairs_per_s)
 
     # ------------------------------------------------------------------------------------------ text
 
@@ -242,7 +275,21 @@ class Inference:
         The caption's image-free prefix layers run once per call, not once per image, where the
         backend can (`PrefixScorer`, or the `text_prefix` + `joint` graphs); `prefix`: that
         `text_prefix` output when the caller has it already.  Otherwise `trunk` runs per image.
+        The call's pairs per second feed `pace`.
         """
+        started = time.perf_counter()
+        scores = self._match_scores(task, caption, images, rid, prefix)
+        self.pace.record(len(images), time.perf_counter() - started)
+        return scores
+
+    def _match_scores(
+        self,
+        task: Task,
+        caption: str,
+        images: Sequence[CachedRegions],
+        rid: str | None,
+        prefix: Mapping[str, np.ndarray] | None,
+    ) -> np.ndarray:
         ids, mask = self.tokens(caption, task)
         split = has_graph(self.backend, TEXT_PREFIX) and has_graph(self.backend, JOINT)
         if split and prefix is None and not isinstance(self.backend, PrefixScorer):

@@ -126,6 +126,15 @@ class RegionCache:
         self.memory.put(image_id, regions)
         return regions, "disk"
 
+    def stored(self, image_id: str) -> bool:
+        """Whether the disk cache holds the image's features (False without a disk cache): what a
+        gallery relies on to find them after a restart (server/galleries.py)."""
+        key = image_id.encode()
+        if self._env is None or not 0 < len(key) <= self._env.max_key_size():
+            return False
+        with self._disk_lock, self._env.begin() as txn, txn.cursor() as cursor:
+            return bool(cursor.set_key(key))
+
     def put(self, regions: CachedRegions) -> None:
         self.memory.put(regions.image_id, regions)
         if self._env is None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from pydantic import BaseModel
@@ -61,6 +61,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (429, "queue full; retry after Retry-After seconds"),
         (503, "model backend unavailable; retry after Retry-After seconds"),
         (504, "deadline exceeded"),
+        (507, "the gallery store is over its quota (TWELVE_GALLERY_QUOTA_BYTES) or its disk is full"),
     )
 }
 
@@ -226,15 +227,64 @@ def api_router(settings: Settings) -> APIRouter:
         gateway: GatewayDep,
     ) -> s.GalleryInfo:
         """Register (or replace) a named gallery for /retrieve; its region features stay cached and,
-        with a pre-filter, its image embeddings are stored for two-stage search."""
+        with a pre-filter, its image embeddings and their index are stored for two-stage search.  With
+        a data dir (TWELVE_DATA_DIR) the gallery is kept across restarts."""
         req, uploads = await parse(request, s.GalleryRequest, settings.max_gallery_images)
         return await run(request, gateway, "gallery", lambda: galleries.register(name, req, uploads))
 
+    @router.post(
+        "/galleries/{name}/images",
+        response_model=s.GalleryAppended,
+        openapi_extra=body_doc(s.GalleryRequest),
+        tags=["images"],
+    )
+    async def append_gallery(
+        request: Request,
+        name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)],
+        galleries: GalleriesDep,
+        gateway: GatewayDep,
+    ) -> s.GalleryAppended:
+        """Add images to a gallery (created if missing); images it already holds are left as they are.
+        Galleries have no image cap, only the store's quota (507 past it) and a per-request cap."""
+        req, uploads = await parse(request, s.GalleryRequest, settings.max_gallery_images)
+        return await run(request, gateway, "gallery", lambda: galleries.append(name, req, uploads))
+
+    @router.delete("/galleries/{name}/images/{image_id}", response_model=s.GallerySummary, tags=["images"])
+    async def delete_gallery_image(
+        request: Request,
+        name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)],
+        image_id: Annotated[str, PathParam(pattern=s.IMAGE_ID)],
+        galleries: GalleriesDep,
+        gateway: GatewayDep,
+    ) -> s.GallerySummary:
+        """Remove one image from a gallery (its region features stay in the region cache)."""
+        return await run(request, gateway, "gallery", lambda: galleries.remove(name, image_id))
+
+    @router.delete("/galleries/{name}", response_model=s.GalleryDeleted, tags=["images"])
+    async def delete_gallery(
+        request: Request,
+        name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)],
+        galleries: GalleriesDep,
+        gateway: GatewayDep,
+    ) -> s.GalleryDeleted:
+        """Delete a gallery and what the store kept for it."""
+        return await run(request, gateway, "gallery", lambda: galleries.drop(name))
+
+    @router.get("/galleries", response_model=s.GalleryList, tags=["images"])
+    async def list_galleries(galleries: GalleriesDep) -> s.GalleryList:
+        """Every gallery: its size, whether two-stage search on it is ready for the served model
+        version, the bytes it takes, and the store's quota."""
+        return galleries.listing()
+
     @router.get("/galleries/{name}", response_model=s.GalleryInfo, tags=["images"])
     async def get_gallery(
-        name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)], galleries: GalleriesDep
+        name: Annotated[str, PathParam(pattern=s.GALLERY_NAME)],
+        galleries: GalleriesDep,
+        offset: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     ) -> s.GalleryInfo:
-        return galleries.info(name)
+        """A gallery and its image ids in order (`limit` of them from `offset`)."""
+        return galleries.info(name, offset, limit)
 
     @router.get("/tasks", tags=["meta"])
     async def tasks(service: ServiceDep) -> dict[str, Any]:

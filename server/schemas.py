@@ -29,6 +29,7 @@ RetrieveDataset, RETRIEVE_DEFAULT = _datasets(Endpoint.RETRIEVE)
 VerifyDataset, VERIFY_DEFAULT = _datasets(Endpoint.VERIFY)
 
 GALLERY_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+IMAGE_ID = r"^[A-Za-z0-9._:-]{1,128}$"  # sha256 hex, as POST /images returns
 
 
 class Strict(BaseModel):
@@ -233,11 +234,54 @@ class VerifyResponse(BaseModel):
     scores: dict[str, float]
 
 
-class GalleryInfo(BaseModel):
+class GallerySummary(BaseModel):
+    """A gallery as the served model version sees it (server/galleries.py)."""
+
     name: str
-    size: int
-    image_ids: list[str]
-    prefilter: bool = Field(False, description="image embeddings for two-stage /retrieve are stored")
+    size: int = Field(description="images in the gallery")
+    prefilter: bool = Field(
+        False,
+        description="two-stage /retrieve is ready: the images' pre-filter embeddings for the served model "
+        "version and their index are stored (false while they are rebuilt after a version switch)",
+    )
+    model_version: int | None = Field(
+        None,
+        description="the model version served, whose embeddings the other fields describe (null: a "
+        "backend without versions)",
+    )
+    embedded: int = Field(0, description="images with pre-filter embeddings for that version")
+    index: Literal["flat", "hnsw"] | None = Field(
+        None, description="stage 1's index: exact inner product (flat), or HNSW for large galleries"
+    )
+    missing: int = Field(
+        0,
+        description="images whose region features were not found after a restart: searches skip them "
+        "until they are added again",
+    )
+    stored_bytes: int = Field(0, description="bytes the gallery takes in the gallery store")
+
+
+class GalleryInfo(GallerySummary):
+    image_ids: list[str] = Field(description="the images in order (a window of them: `offset`, `limit`)")
+    offset: int = 0
+
+
+class GalleryAppended(GallerySummary):
+    added: list[str] = Field(description="image ids added by this request")
+    present: list[str] = Field(description="image ids the request sent that the gallery already held")
+
+
+class GalleryDeleted(BaseModel):
+    name: str
+    deleted: bool
+    size: int = Field(description="images the gallery held")
+
+
+class GalleryList(BaseModel):
+    galleries: list[GallerySummary]
+    stored_bytes: int = Field(description="bytes all galleries take")
+    quota_bytes: int = Field(description="what they may take (TWELVE_GALLERY_QUOTA_BYTES); past it, 507")
+    persistent: bool = Field(description="the galleries are kept on disk (TWELVE_DATA_DIR) across restarts")
 
 
 class ErrorBody(BaseModel):

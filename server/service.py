@@ -18,7 +18,7 @@ from server.backend import Backend
 from server.galleries import Galleries
 from server.ground import Ground
 from server.images import Images
-from server.inference import Inference
+from server.inference import Inference, Pace
 from server.metrics import Metrics
 from server.protocols import Extractor, Tokenizer
 from server.region_cache import RegionCache
@@ -44,6 +44,7 @@ class Service:
         version: int | None = None,
         images: Images | None = None,
         galleries: Galleries | None = None,
+        pace: Pace | None = None,
     ) -> None:
         self.settings = settings
         self.backend = backend
@@ -53,11 +54,11 @@ class Service:
         self.version = version  # the model version served (None: a backend without versions)
         self.tokenizer = tokenizer
         self.images = images or Images(settings, metrics, cache, extractor)
-        self.inference = Inference(settings, backend, tokenizer, metrics)
+        self.inference = Inference(settings, backend, tokenizer, metrics, pace)
         if galleries is not None:
-            self.galleries = galleries.rebuilt(self.inference)
+            self.galleries = galleries.rebuilt(self.inference, version)
         else:
-            self.galleries = Galleries(settings, self.images, self.inference)
+            self.galleries = Galleries(settings, self.images, self.inference, version=version)
         self.vqa = VQA(settings, self.images, self.inference, self.answers)
         self.ground = Ground(settings, self.images, self.inference)
         self.retrieve = Retrieve(settings, self.images, self.inference, self.galleries)
@@ -67,7 +68,8 @@ class Service:
 
     def derive(self, backend: Backend, answers: Mapping[str, list[str]], version: int) -> Service:
         """The same gateway parts (region cache, images, tokenizer) over another model version: its
-        backend and answer lists; the galleries come along with their pre-filter embeddings recomputed."""
+        backend and answer lists; the galleries come along, their pre-filter embeddings for `version`
+        computed in the background (server/galleries.py), and the trunk's measured pace too."""
         return Service(
             self.settings,
             backend,
@@ -79,6 +81,7 @@ class Service:
             version=version,
             images=self.images,
             galleries=self.galleries,
+            pace=self.inference.pace,
         )
 
     @contextlib.contextmanager

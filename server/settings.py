@@ -52,14 +52,27 @@ class Settings(BaseSettings):
     cache_entries: int = Field(512, ge=1)
     pixel_cache_entries: int = Field(16, ge=0)  # decoded images kept for candidate boxes by image_id
 
+    # Galleries (server/galleries.py): kept under data_dir across restarts (None: in memory only).
+    data_dir: Path | None = None
+    # What the galleries may hold (embedding files, and region features the region cache cannot keep
+    # on disk): past it, adding images is a 507.  Counted in memory too when there is no data_dir.
+    gallery_quota_bytes: int = Field(8 * 1024**3, ge=0)
+    # Stage 1 of two-stage /retrieve: exact inner-product search (faiss IndexFlatIP) up to this many
+    # images in a gallery, an HNSW graph (IndexHNSWFlat) beyond it.
+    gallery_flat_max: int = Field(50_000, ge=1)
+    hnsw_m: int = Field(32, ge=4, le=256)  # neighbours per HNSW node
+    hnsw_ef_search: int = Field(128, ge=1)  # HNSW search breadth (at least the candidates asked for)
+    # Exhaustive gallery search is refused (422) when it cannot finish within the deadline: the
+    # estimate uses the trunk's measured image-caption pairs/s, this rate until one was measured.
+    exhaustive_pairs_per_s: float = Field(20.0, gt=0)
+
     # Request limits.
     max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     max_image_bytes: int = Field(12 * 1024 * 1024, ge=1)
     max_pixels: int = Field(24_000_000, ge=1)
     max_text_chars: int = Field(2000, ge=1)  # characters; tokens are then truncated to the task's budget
     max_images_per_request: int = Field(16, ge=1)
-    max_gallery_images: int = Field(1000, ge=1)
-    max_galleries: int = Field(16, ge=1)
+    max_gallery_images: int = Field(1000, ge=1)  # images per PUT / POST of a gallery (galleries grow past it)
     max_candidates: int = Field(100, ge=1)  # candidate boxes for pointing tasks
     max_top_k: int = Field(100, ge=1)
     retrieve_batch: int = Field(16, ge=1)  # images scored per trunk call

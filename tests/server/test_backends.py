@@ -114,7 +114,7 @@ class FakeTritonClient:
         self.request_ids: list[str] = []
         self.ranks: dict[str, int] = {}
 
-    def get_model_metadata(self, model: str) -> dict:
+    def get_model_metadata(self, model: str, model_version: str = "") -> dict:
         from vilbert.contract import build_spec
 
         graph = build_spec(self.backend.model.config).graph(model)
@@ -128,7 +128,7 @@ class FakeTritonClient:
             "outputs": [{"name": t.name, "shape": shape(t)} for t in graph.outputs],
         }
 
-    def infer(self, model, inputs, outputs=None, request_id=""):
+    def infer(self, model, inputs, model_version="", outputs=None, request_id=""):
         if model in self.down:
             raise RuntimeError(f"[StatusCode.UNAVAILABLE] model {model} is not ready")
         self.request_ids.append(request_id)
@@ -147,7 +147,7 @@ class FakeTritonClient:
 
         return Result()
 
-    def is_model_ready(self, model: str) -> bool:
+    def is_model_ready(self, model: str, model_version: str = "") -> bool:
         return model not in self.down
 
     def close(self) -> None:

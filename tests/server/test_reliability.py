@@ -208,15 +208,15 @@ def test_triton_model_with_a_dead_stub_is_reported_not_ready():
     class FakeTriton:
         broken = True
 
-        def get_model_metadata(self, model):
+        def get_model_metadata(self, model, model_version=""):
             return {"inputs": [{"name": "fused", "shape": [-1, 4]}], "outputs": [{"name": "logits"}]}
 
-        def infer(self, model, inputs, outputs, request_id):
+        def infer(self, model, inputs, model_version="", outputs=None, request_id=""):
             if self.broken:
                 raise RuntimeError(f"[500] Stub process '{model}_0_0' is not healthy.")
             return type("R", (), {"as_numpy": lambda self, name: np.zeros((1, 2), np.float32)})()
 
-        def is_model_ready(self, model):
+        def is_model_ready(self, model, model_version=""):
             return True
 
     fake = FakeTriton()
