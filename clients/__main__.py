@@ -41,7 +41,7 @@ USAGE = {
     "retrieve": "retrieve IMAGE [IMAGE ...] CAPTION  (or: retrieve --gallery NAME CAPTION)",
     "verify": "verify IMAGE [IMAGE2] STATEMENT",
     "upload": "upload IMAGE",
-    "gallery": "gallery NAME IMAGE [IMAGE ...]",
+    "gallery": "gallery NAME IMAGE [IMAGE ...]  (or: gallery NAME --folder DIR | --delete [IMAGE_ID])",
 }
 TEXT_ARGUMENT = {"vqa": "question", "ground": "expression", "retrieve": "caption", "verify": "statement"}
 
@@ -128,9 +128,24 @@ def build_parser() -> argparse.ArgumentParser:
     u = add("upload", help="extract and cache an image's regions; prints its image_id")
     u.add_argument("image", metavar="IMAGE")
 
-    gal = add("gallery", help="register a named gallery for retrieval")
+    gal = add("gallery", help="register a named gallery for retrieval (IMAGE files replace it)")
     gal.add_argument("name", metavar="NAME")
-    gal.add_argument("images", nargs="+", metavar="IMAGE")
+    gal.add_argument("images", nargs="*", metavar="IMAGE")
+    gal.add_argument(
+        "--folder",
+        help="add every image under DIR, in batches, with a progress bar; run it again to resume "
+        "(images the gallery holds are not sent again)",
+    )
+    gal.add_argument("--batch-files", type=int, default=16, help="--folder: images per request")
+    gal.add_argument(
+        "--delete",
+        nargs="?",
+        const="",
+        metavar="IMAGE_ID",
+        help="delete this image from the gallery, or (no IMAGE_ID) the whole gallery",
+    )
+
+    add("galleries", help="list the registered galleries (sizes, bytes stored, quota)")
 
     add("tasks", help="list the twelve tasks (* marks each endpoint's default dataset)")
     return p
@@ -168,6 +183,12 @@ def check_images(args: argparse.Namespace) -> None:
         raise UserError(f"{what}: {arg}")
     if _is_file(text):
         raise UserError(f"the {text_name} {text!r} is a file; {order}")
+    if args.command == "gallery":
+        given = [bool(args.images), args.folder is not None, args.delete is not None]
+        if sum(given) != 1:
+            raise UserError(f"give IMAGE files, --folder DIR or --delete: {_prog()} {USAGE['gallery']}")
+        if args.folder is not None and not _is_file(args.folder, "dir"):
+            raise UserError(f"--folder {args.folder}: not a folder")
     if args.command == "retrieve" and not args.images and not args.gallery:
         raise UserError(f"give IMAGE files or --gallery NAME to search: {_prog()} {USAGE['retrieve']}")
     if args.command == "retrieve" and args.images and args.gallery:
@@ -208,8 +229,16 @@ def run(args: argparse.Namespace, client: Client) -> object:
             return client.verify(args.images, args.statement, args.dataset)
         case "upload":
             return client.upload_image(args.image)
+        case "gallery" if args.folder is not None:
+            return client.register_folder(args.name, args.folder, batch_files=args.batch_files)
+        case "gallery" if args.delete == "":
+            return client.delete_gallery(args.name)
+        case "gallery" if args.delete is not None:
+            return client.delete_gallery_image(args.name, args.delete)
         case "gallery":
             return client.put_gallery(args.name, args.images)
+        case "galleries":
+            return client.galleries()
         case "tasks":
             return client.tasks()
     raise ValueError(args.command)
@@ -234,6 +263,14 @@ def render(result: object) -> str:
             return f"{result.label}  " + "  ".join(f"{k}={v:.3f}" for k, v in result.scores.items())
         case sdk.ImageInfo():
             return f"{result.image_id}  {result.width}x{result.height}  {len(result.boxes)} regions"
+        case sdk.FolderRegistration():
+            return (
+                f"gallery {result.name}: {result.size} images ({result.files} files in the folder: "
+                f"{result.added} added, {result.skipped} already there)"
+            )
+        case sdk.GalleryInfo():
+            two_stage = " (two-stage search ready)" if result.prefilter else ""
+            return f"gallery {result.name}: {result.size} images{two_stage}"
         case list():
             return "\n".join(
                 f"{t['endpoint']:>8}  {t['dataset'] + ('*' if t.get('default') else ''):<13} {t['title']}"

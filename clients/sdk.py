@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import io
 import os
+import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -145,6 +147,88 @@ class GalleryInfo:
     prefilter: bool = False  # image embeddings stored for two-stage /retrieve
 
 
+@dataclass(frozen=True)
+class GalleryAdded:
+    """What `add_gallery_images` sent: ids the gallery gained, ids it already held, its size now."""
+
+    name: str
+    size: int
+    added: list[str]
+    present: list[str]
+    prefilter: bool = False
+
+
+@dataclass(frozen=True)
+class FolderRegistration:
+    """What `register_folder` did: image files found, already in the gallery (resumed), added."""
+
+    name: str
+    files: int
+    skipped: int
+    added: int
+    size: int
+
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif"})
+
+
+def folder_images(folder: str | os.PathLike) -> list[Path]:
+    """The image files under `folder` (recursively, by suffix), in a stable order."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"not a folder: {root}")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def file_image_id(path: Path) -> str:
+    """The id the server gives an image: the sha256 of its file's bytes."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def batches(paths: Sequence[Path], max_files: int, max_bytes: int) -> Iterator[list[Path]]:
+    """`paths` in order, in batches of at most `max_files` files and `max_bytes` of file bytes (a
+    file larger than that goes alone: the server then names the limit it breaks)."""
+    batch: list[Path] = []
+    size = 0
+    for path in paths:
+        n = path.stat().st_size
+        if batch and (len(batch) >= max_files or size + n > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(path)
+        size += n
+    if batch:
+        yield batch
+
+
+class Progress:
+    """A one-line progress bar on stderr (the SDK needs httpx only, so no tqdm)."""
+
+    def __init__(self, total: int, label: str, done: int = 0, enabled: bool = True) -> None:
+        self.total, self.label, self.done = total, label, done
+        self.enabled = enabled
+        self.started = time.monotonic()
+        self.first = done
+        self._draw()
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self._draw()
+
+    def _draw(self) -> None:
+        if not self.enabled:
+            return
+        width = 30
+        filled = int(width * self.done / self.total) if self.total else width
+        rate = (self.done - self.first) / max(time.monotonic() - self.started, 1e-9)
+        line = f"\r{self.label}: [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} images"
+        print(line + (f"  {rate:.1f} img/s" if self.done > self.first else ""), end="", file=sys.stderr)
+
+    def close(self) -> None:
+        if self.enabled:
+            print(file=sys.stderr)
+
+
 def _region(d: dict) -> Region:
     return Region(Box(**d["box"]), float(d["score"]), d.get("label"))
 
@@ -170,6 +254,10 @@ def _parse(kind: str, d: dict) -> Any:
             )
         case "gallery":
             return GalleryInfo(d["name"], d["size"], list(d["image_ids"]), bool(d.get("prefilter", False)))
+        case "gallery_added":
+            return GalleryAdded(
+                d["name"], d["size"], list(d["added"]), list(d["present"]), bool(d.get("prefilter", False))
+            )
     return d
 
 
@@ -402,8 +490,67 @@ class Client(_Base):
         return _parse("verify", self.request("POST", "/verify", verify_body(images, statement, dataset)))
 
     def put_gallery(self, name: str, images: Iterable[ImageLike]) -> GalleryInfo:
+        """Register (or replace) gallery `name` with these images."""
         body = {"images": [image_ref(i) for i in images]}
         return _parse("gallery", self.request("PUT", f"/galleries/{name}", body))
+
+    def add_gallery_images(self, name: str, images: Iterable[ImageLike]) -> GalleryAdded:
+        """Append images to gallery `name` (created if missing); images it holds already are skipped."""
+        body = {"images": [image_ref(i) for i in images]}
+        return _parse("gallery_added", self.request("POST", f"/galleries/{name}/images", body))
+
+    def gallery_image_ids(self, name: str, page: int = 1000) -> list[str]:
+        """Every image id of gallery `name`, asked page by page ([] when there is no such gallery)."""
+        ids: list[str] = []
+        while True:
+            try:
+                info = self.request("GET", f"/galleries/{name}?offset={len(ids)}&limit={page}")
+            except APIError as exc:
+                if exc.status == 404:
+                    return []
+                raise
+            ids += info["image_ids"]
+            if not info["image_ids"] or len(ids) >= info["size"]:
+                return ids
+
+    def galleries(self) -> dict:
+        """`GET /galleries`: every gallery's size and readiness, bytes stored and the quota."""
+        return self.request("GET", "/galleries")
+
+    def delete_gallery_image(self, name: str, image_id: str) -> dict:
+        return self.request("DELETE", f"/galleries/{name}/images/{image_id}")
+
+    def delete_gallery(self, name: str) -> dict:
+        return self.request("DELETE", f"/galleries/{name}")
+
+    def register_folder(
+        self,
+        name: str,
+        folder: str | os.PathLike,
+        *,
+        batch_files: int = 16,
+        batch_bytes: int = 8 * 1024 * 1024,
+        progress: bool = True,
+    ) -> FolderRegistration:
+        """Add every image under `folder` to gallery `name`, in batches, with a progress bar.
+
+        Resumable: an image's id is the sha256 of its file, so the images the gallery already holds
+        (sent by an earlier run that stopped) are skipped without being sent again."""
+        paths = folder_images(folder)
+        held = set(self.gallery_image_ids(name))
+        todo = [p for p in paths if file_image_id(p) not in held]
+        bar = Progress(len(paths), f"gallery {name}", len(paths) - len(todo), progress)
+        added = 0
+        size = len(held)
+        try:
+            for batch in batches(todo, batch_files, batch_bytes):
+                result = self.add_gallery_images(name, batch)
+                added += len(result.added)
+                size = result.size
+                bar.update(len(batch))
+        finally:
+            bar.close()
+        return FolderRegistration(name, len(paths), len(paths) - len(todo), added, size)
 
     def tasks(self) -> list[dict]:
         """The server's task table: endpoint, `dataset` value and `default` flag of each task."""
@@ -510,6 +657,19 @@ class AsyncClient(_Base):
     async def put_gallery(self, name: str, images: Iterable[ImageLike]) -> GalleryInfo:
         body = {"images": [image_ref(i) for i in images]}
         return _parse("gallery", await self.request("PUT", f"/galleries/{name}", body))
+
+    async def add_gallery_images(self, name: str, images: Iterable[ImageLike]) -> GalleryAdded:
+        body = {"images": [image_ref(i) for i in images]}
+        return _parse("gallery_added", await self.request("POST", f"/galleries/{name}/images", body))
+
+    async def galleries(self) -> dict:
+        return await self.request("GET", "/galleries")
+
+    async def delete_gallery_image(self, name: str, image_id: str) -> dict:
+        return await self.request("DELETE", f"/galleries/{name}/images/{image_id}")
+
+    async def delete_gallery(self, name: str) -> dict:
+        return await self.request("DELETE", f"/galleries/{name}")
 
     async def tasks(self) -> list[dict]:
         self._task_table = (await self.request("GET", "/tasks"))["tasks"]

@@ -22,6 +22,7 @@
 #   TWELVE_MODEL_REPOSITORY      Triton model repository          model_repository
 #   TWELVE_EXAMPLES_DIR          the web page's examples          artifacts/examples (used only if present)
 #   TWELVE_CACHE_DIR             region-feature LMDB cache        artifacts/region-cache
+#   TWELVE_DATA_DIR              persistent galleries             artifacts/galleries
 #   TWELVE_EXPORT_BACKEND        python | onnxruntime | tensorrt  python (the nvidia-pytriton Triton's only one)
 #   TWELVE_EXPORT_PRECISION      fp32 | int8 | fp16               fp32
 #   TWELVE_EXPORT_DATA           synthetic world for the export's metric gate (unset: --skip-metric)
@@ -51,6 +52,7 @@ PY="${TWELVE_PYTHON:-$ROOT/.venv/bin/python}"
 : "${TWELVE_MODEL_REPOSITORY:=model_repository}"
 : "${TWELVE_EXAMPLES_DIR:=artifacts/examples}"
 : "${TWELVE_CACHE_DIR:=artifacts/region-cache}"
+: "${TWELVE_DATA_DIR:=artifacts/galleries}"
 : "${TWELVE_EXPORT_BACKEND:=python}"
 : "${TWELVE_EXPORT_PRECISION:=fp32}"
 : "${TWELVE_EXPORT_DATA:=}"
@@ -210,7 +212,7 @@ gateway_command() { # gateway_command TRITON_URL
 	GATEWAY_CMD=("$PY" -m server --backend triton --triton-url "$1"
 		--host "$TWELVE_HOST" --port "$TWELVE_PORT"
 		--model-repository "$TWELVE_MODEL_REPOSITORY" --detector-weights "$TWELVE_DETECTOR_WEIGHTS"
-		--cache-dir "$TWELVE_CACHE_DIR")
+		--cache-dir "$TWELVE_CACHE_DIR" --data-dir "$TWELVE_DATA_DIR")
 	[[ ! -d "$TWELVE_CHECKPOINT" ]] || GATEWAY_CMD+=(--checkpoint "$TWELVE_CHECKPOINT")
 	[[ ! -f "$TWELVE_EXAMPLES_DIR/examples.json" ]] || GATEWAY_CMD+=(--examples-dir "$TWELVE_EXAMPLES_DIR")
 }
