@@ -5,6 +5,7 @@ the regions must be those of in-process extraction (the RPN head runs in `detect
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import pytest
 import torch
 
 from export.graphs import detector_dims, export_onnx, graph_module
-from export.repository import write_model
+from export.repository import write_repository
 from export.triton_config import Deployment
 from export.triton_server import TritonServer
 from regions.detector import build_detector
@@ -32,14 +33,12 @@ FEATURE_TOLERANCE = 1e-3
 def export_detector_repository(detector, root: Path) -> Path:
     """Only the two detector graphs, fp32, python backend (what `python -m export` writes for them)."""
     spec = build_spec(tiny(), detector_dims(detector))
-    repository = root / "model_repository"
+    spec = dataclasses.replace(spec, graphs=tuple(g for g in spec.graphs if g.kind is GraphKind.DETECTOR))
+    files = {}
     for graph in spec.graphs:
-        if graph.kind is not GraphKind.DETECTOR:
-            continue
         module = graph_module(graph, None, detector)
-        onnx_path = export_onnx(module, graph, root / "onnx" / f"{graph.name}.onnx", max_text=8)
-        write_model(repository, graph, spec, Deployment(detector_threads=1), onnx_path, 1)
-    return repository
+        files[graph.name] = export_onnx(module, graph, root / "onnx" / f"{graph.name}.onnx", max_text=8)
+    return write_repository(root / "model_repository", spec, Deployment(detector_threads=1), files)
 
 
 @pytest.fixture(scope="module")
