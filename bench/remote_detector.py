@@ -21,20 +21,24 @@ import torch
 from vilbert.cli import ArgumentParser, run
 
 
-def _export(detector, root: Path, threads: int) -> Path:
+def export_detector_repository(detector, root: Path, threads: int = 1) -> Path:
+    """A repository of only the two detector graphs, fp32, python backend (what `python -m export`
+    writes for them)."""
+    import dataclasses
+
     from export.graphs import detector_dims, export_onnx, graph_module
-    from export.repository import write_model
+    from export.repository import write_repository
     from export.triton_config import Deployment
     from vilbert.config import tiny
     from vilbert.contract import GraphKind, build_spec
 
     spec = build_spec(tiny(), detector_dims(detector))
-    repository = root / "model_repository"
+    spec = dataclasses.replace(spec, graphs=tuple(g for g in spec.graphs if g.kind is GraphKind.DETECTOR))
+    files = {}
     for graph in spec.graphs:
-        if graph.kind is GraphKind.DETECTOR:
-            path = export_onnx(graph_module(graph, None, detector), graph, root / f"{graph.name}.onnx", 8)
-            write_model(repository, graph, spec, Deployment(detector_threads=threads), path, 1)
-    return repository
+        module = graph_module(graph, None, detector)
+        files[graph.name] = export_onnx(module, graph, root / "onnx" / f"{graph.name}.onnx", max_text=8)
+    return write_repository(root / "model_repository", spec, Deployment(detector_threads=threads), files)
 
 
 def _time(extractors: dict[str, object], images: list[np.ndarray]) -> dict[str, list[float]]:
@@ -79,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         "image_sizes": sorted({f"{i.shape[1]}x{i.shape[0]}" for i in images}),
     }
     with tempfile.TemporaryDirectory() as tmp:
-        repository = _export(detector, Path(tmp), args.triton_threads)
+        repository = export_detector_repository(detector, Path(tmp), args.triton_threads)
         with TritonServer(repository, startup_timeout=300) as server:
             backend = TritonBackend(server.http_url)
             compute = TritonDetectorCompute(backend, detector)

@@ -130,13 +130,15 @@ class TritonServer:
         verbose: bool = False,
         binary: str | Path | None = None,
         backend_directory: str | Path | None = None,
+        models: list[str] | None = None,
     ) -> None:
         self.repository = Path(repository).resolve()
         if not self.repository.is_dir():
             raise TritonError(
                 f"model repository not found: {self.repository} (python -m export --out DIR writes one)"
             )
-        self.models = repository_models(self.repository)
+        # What Triton loads at start: the active version's graphs unless named (e.g. extra ensembles).
+        self.models = list(models) if models is not None else repository_models(self.repository)
         if not self.models:
             raise TritonError(f"{self.repository} holds no model (python -m export --out {self.repository})")
         self.http_port = http_port or free_port()

@@ -22,7 +22,7 @@ import numpy as np
 from export.parity import task_inputs
 from export.runtime import OnnxGraphs
 from export.triton_config import Deployment, ensemble_name, render_ensemble
-from export.triton_server import TritonServer
+from export.triton_server import TritonServer, repository_models
 from tests.export.triton_calls import request, task_logits
 from vilbert.contract import LOGITS
 from vilbert.tasks import get_task
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
             (folder / "1").mkdir(parents=True)
             (folder / "config.pbtxt").write_text(render_ensemble(route, spec, Deployment()))
         rows = []
-        with TritonServer(repo, startup_timeout=300) as server:
+        ensembles = [ensemble_name(spec.route_for(task)) for task in tasks]
+        with TritonServer(repo, startup_timeout=300, models=[*repository_models(repo), *ensembles]) as server:
             client = grpc_module.InferenceServerClient(server.grpc_url)
             for task in tasks:
                 feeds = task_inputs(spec, task, np.random.default_rng(0), batch=1)

@@ -5,40 +5,22 @@ the regions must be those of in-process extraction (the RPN head runs in `detect
 
 from __future__ import annotations
 
-import dataclasses
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
-from export.graphs import detector_dims, export_onnx, graph_module
-from export.repository import write_repository
-from export.triton_config import Deployment
+from bench.remote_detector import export_detector_repository
 from export.triton_server import TritonServer
 from regions.detector import build_detector
 from regions.extractor import RegionExtractor
 from server.remote_detector import Mode, TritonDetectorCompute
 from tests.regions.conftest import tiny_synthetic_preset
 from tests.regions.scenes import render_scene
-from vilbert.config import tiny
-from vilbert.contract import GraphKind, build_spec
 
 pytest.importorskip("tritonclient.http")
 pytest.importorskip("pytriton")
 
 FEATURE_TOLERANCE = 1e-3
-
-
-def export_detector_repository(detector, root: Path) -> Path:
-    """Only the two detector graphs, fp32, python backend (what `python -m export` writes for them)."""
-    spec = build_spec(tiny(), detector_dims(detector))
-    spec = dataclasses.replace(spec, graphs=tuple(g for g in spec.graphs if g.kind is GraphKind.DETECTOR))
-    files = {}
-    for graph in spec.graphs:
-        module = graph_module(graph, None, detector)
-        files[graph.name] = export_onnx(module, graph, root / "onnx" / f"{graph.name}.onnx", max_text=8)
-    return write_repository(root / "model_repository", spec, Deployment(detector_threads=1), files)
 
 
 @pytest.fixture(scope="module")
