@@ -12,7 +12,9 @@ Writes `bench/results/latest.json` and regenerates `docs/performance.md`.  Secti
 5. retrieval over galleries of 100 and 1000 images (bench/retrieval.py when present);
 6. model swap (bench/swap.py): requests failed and the switch time while the served model is replaced
    under 4 clients (the served demo model published again as the next version);
-7. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
+7. stage 1 of two-stage search at scale (bench/gallery_index.py): faiss exact / HNSW / IVF over 100K
+   pre-filter embeddings (and 1M random ones unless `--quick`): build, size, p50/p95, recall@K;
+8. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
    onnxruntime TensorRT EP fp16 at batch 1 and 8; without one the section reads "n/a: no CUDA device".
 
 `--quick` runs every section with fewer repetitions and examples (minutes, not tens of minutes).
@@ -56,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="*",
         default=None,
-        help="sections to run (machine model accuracy serving retrieval swap gpu)",
+        help="sections to run (machine model accuracy serving retrieval swap gallery_index gpu)",
     )
     p.add_argument(
         "--merge",
@@ -87,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
         log(f"rendered {args.doc} from {args.out}")
         return 0
     started = time.perf_counter()
-    want = set(args.only or ["machine", "model", "accuracy", "serving", "retrieval", "swap", "gpu"])
+    want = set(
+        args.only or ["machine", "model", "accuracy", "serving", "retrieval", "swap", "gallery_index", "gpu"]
+    )
     WORK.mkdir(parents=True, exist_ok=True)
     result: dict = {
         "command": "python -m bench " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -140,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         result["retrieval"] = section_retrieval(args)
     if "swap" in want:
         result["swap"] = section_swap(args)
+    if "gallery_index" in want:
+        result["gallery_index"] = section_gallery_index(args)
     if "gpu" in want:
         result["gpu"] = section_gpu(args)
     result["machine"]["load_average_end"] = machine.load_average()
@@ -176,6 +182,22 @@ def section_swap(args) -> dict:
     if missing:
         return {"missing": "missing " + ", ".join(missing)}
     return measure(args.repository, args.detector, image, log=log)
+
+
+def section_gallery_index(args) -> dict:
+    """bench/gallery_index.py: stage 1 (pre-filter ranking) over 100K embeddings, 1M simulated unless
+    --quick; its result is also written to bench/results/gallery_index.json."""
+    from bench import gallery_index
+
+    log(f"gallery_index: faiss flat / HNSW / IVF (quick={args.quick}) ...")
+    try:
+        out = gallery_index.run(
+            quick=args.quick, checkpoint=args.checkpoint, data_root=args.data, threads=args.threads, log=log
+        )
+    except Exception as exc:  # reported, not allowed to lose the other sections
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    gallery_index.RESULTS.write_text(json.dumps(out, indent=2) + "\n")
+    return out
 
 
 def section_model(args) -> dict:
