@@ -496,7 +496,8 @@ def markdown(result: dict | None) -> list[str]:
         ]
     lines += [
         "",
-        "numpy: the gateway's stage 1 today (`embeddings @ query`, then a partial sort). flat: faiss "
+        "numpy: a matrix product then a partial sort (`embeddings @ query`: the gateway's stage 1 "
+        "before faiss). flat: faiss "
         f"exact search. hnsw: graph index, M={HNSW_M}, efConstruction={HNSW_EF_CONSTRUCTION}. ivf: "
         "nlist ≈ √N clusters, nprobe of them searched. Recall@K: the share of the exact top K returned. "
         "RSS added: the process's resident memory after the build minus before (the gallery's own "
