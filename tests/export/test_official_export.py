@@ -4,12 +4,12 @@ of a masked region) and measure the metric on the datasets present, naming the o
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
 
 from export.pipeline import ExportOptions, run_export
+from export.versions import read_manifest
 from testkit.release_files import write_fake_release
 from vilbert.convert import main as convert_main
 from vilbert.tasks import TASKS
@@ -65,7 +65,7 @@ def test_full_size_official_checkpoint_exports_and_passes_the_gate(tmp_path):
         assert rows[slug]["metric_fp32"] == pytest.approx(rows[slug]["metric_torch"], abs=1e-9)
     assert rows["vqa"]["logits_shape"] == [2, 3129] and rows["gqa"]["logits_shape"] == [2, 1533]
     assert all(r["max_abs_diff_fp32"] <= options.tolerance for r in rows.values())
-    manifest = json.loads((outcome.repository / "export.json").read_text())
+    manifest = read_manifest(outcome.repository)
     assert manifest["answer_vocabularies"] == ["gqa", "vqa"]
     print("\n" + "\n".join(lines[-20:]))
     print("timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
