@@ -50,6 +50,7 @@ ENV TWELVE_CHECKPOINT=runs/demo/model \
     TWELVE_MODEL_REPOSITORY=model_repository \
     TWELVE_EXAMPLES_DIR=artifacts/examples \
     TWELVE_CACHE_DIR=artifacts/region-cache \
+    TWELVE_DATA_DIR=artifacts/galleries \
     TWELVE_EXPORT_BACKEND=onnxruntime \
     TWELVE_EXPORT_PRECISION=fp32 \
     TWELVE_HOST=0.0.0.0 \

@@ -52,6 +52,7 @@ class OfficialBuild:
             repository=self.root / "model_repository",
             cache=self.root / "artifacts" / "region-cache-official",
             examples=self.root / "artifacts" / "examples",
+            galleries=self.root / "artifacts" / "galleries-official",
         )
 
 

@@ -41,6 +41,7 @@ LAYOUT_ENV = {
     "TWELVE_MODEL_REPOSITORY": Paths().repository,
     "TWELVE_EXAMPLES_DIR": Paths().examples,
     "TWELVE_CACHE_DIR": Paths().cache,
+    "TWELVE_DATA_DIR": Paths().galleries,
 }
 PORT_ENV = {
     "TWELVE_TRITON_HTTP_PORT": triton_server.DEFAULT_HTTP_PORT,
@@ -317,6 +318,7 @@ def test_start_script_serves_vqa_through_triton_and_stops_on_sigterm(tiny_model,
         "TWELVE_MODEL_REPOSITORY": str(tmp_path / "serving" / "model_repository"),
         "TWELVE_EXAMPLES_DIR": str(tmp_path / "examples"),  # none: the page serves without examples
         "TWELVE_CACHE_DIR": str(tmp_path / "region-cache"),
+        "TWELVE_DATA_DIR": str(tmp_path / "galleries"),
         "TWELVE_HOST": "127.0.0.1",  # not 0.0.0.0 on a shared development machine
         **ports,
     }

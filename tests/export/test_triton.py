@@ -209,12 +209,13 @@ def test_serve_never_leaves_tritonserver_behind(tiny_inputs, tiny_export, tmp_pa
     code = (
         "import sys; from pathlib import Path; from bootstrap.pipeline import Paths, serve\n"
         "p = Paths(world=Path(sys.argv[1]), detector=Path(sys.argv[2]), checkpoint=Path(sys.argv[3]),"
-        " repository=Path(sys.argv[4]), cache=Path(sys.argv[5]))\n"
+        " repository=Path(sys.argv[4]), cache=Path(sys.argv[5]), galleries=Path(sys.argv[7]))\n"
         "serve(p, 'triton', '127.0.0.1', int(sys.argv[6]))\n"
     )
     args = [tiny_inputs.world, tiny_inputs.detector, tiny_inputs.checkpoint, tiny_export.repository]
+    args += [tmp_path / "cache", port, tmp_path / "galleries"]  # each run its own gallery store
     process = subprocess.Popen(
-        [sys.executable, "-c", code, *map(str, args), str(tmp_path / "cache"), str(port)],
+        [sys.executable, "-c", code, *map(str, args)],
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
