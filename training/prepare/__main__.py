@@ -32,15 +32,16 @@ from regions.extract import ID_MODES, resolve_detector
 from training.prepare.common import (
     AUTO_IDS,
     ImageIndex,
+    TrainDevSources,
     extract_features,
     file_sha256,
     parse_held_out,
     update_manifest,
     verify_loaders,
 )
-from training.prepare.nlvr2 import Nlvr2Sources, prepare_nlvr2
+from training.prepare.nlvr2 import prepare_nlvr2
 from training.prepare.refcoco import REFER_TASKS, ReferSources, prepare_refer
-from training.prepare.snli_ve import SnliVeSources, prepare_snli_ve
+from training.prepare.snli_ve import prepare_snli_ve
 from training.prepare.vqa import VqaSources, prepare_vqa
 from vilbert.cli import ArgumentParser, UserError, run
 
@@ -325,30 +326,13 @@ def prepare_task(
                 args.id_map,
             )
             return prepare_refer(refer, args.out, extract)
-        case "nlvr2":
-            nlvr2 = Nlvr2Sources(
-                args.train,
-                args.images,
-                args.dev,
-                held_out_split,
-                args.held_out_pairs,
-                args.seed,
-                args.ids,
-                args.id_map,
+        case "nlvr2" | "snli_ve":
+            held_out = args.held_out_pairs if task == "nlvr2" else args.held_out_images
+            sources = TrainDevSources(
+                args.train, args.images, args.dev, held_out_split, held_out, args.seed, args.ids, args.id_map
             )
-            return prepare_nlvr2(nlvr2, args.out, extract)
-        case "snli_ve":
-            snli_ve = SnliVeSources(
-                args.train,
-                args.images,
-                args.dev,
-                held_out_split,
-                args.held_out_images,
-                args.seed,
-                args.ids,
-                args.id_map,
-            )
-            return prepare_snli_ve(snli_ve, args.out, extract)
+            prepare = prepare_nlvr2 if task == "nlvr2" else prepare_snli_ve
+            return prepare(sources, args.out, extract)
     raise AssertionError(task)
 
 

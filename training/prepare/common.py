@@ -58,6 +58,20 @@ def warn(message: str) -> None:
 
 
 @dataclass
+class TrainDevSources:
+    """A format of a train file and an optional dev file (NLVR2, SNLI-VE jsonl), images in a folder."""
+
+    train: Path
+    images: Path
+    dev: Path | None = None
+    held_out_split: str | None = None  # "dev": the --dev file is the held-out set
+    held_out: int | float | None = None  # pairs (NLVR2) or images (SNLI-VE) held out: a count or a share
+    seed: int = 0
+    ids: str = "auto"
+    id_map: Path | None = None
+
+
+@dataclass
 class ImageIndex:
     """Which file holds each image id the dataset uses, and how the ids were derived."""
 

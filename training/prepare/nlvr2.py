@@ -21,7 +21,6 @@ Held out: every statement of `--dev` when given, else image pairs drawn with all
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ from training.datasets.verification import nlvr2_image_keys
 from training.prepare.common import (
     ImageIndex,
     ItemSplit,
+    TrainDevSources,
     count,
     index_images,
     log_split,
@@ -49,18 +49,6 @@ NAMING = (
     "and -img1 (right), e.g. dev-850-0-img0.png and dev-850-0-img1.png for dev-850-0-0"
 )
 Line = dict[str, Any]
-
-
-@dataclass
-class Nlvr2Sources:
-    train: Path
-    images: Path
-    dev: Path | None = None
-    held_out_split: str | None = None  # "dev": the --dev file is the held-out set
-    held_out_pairs: int | float | None = None
-    seed: int = 0
-    ids: str = "auto"
-    id_map: Path | None = None
 
 
 def pair_of(line: Line) -> str:
@@ -94,7 +82,7 @@ def read_nlvr2(path: Path, flag: str) -> list[Line]:
 
 
 def prepare_nlvr2(
-    src: Nlvr2Sources,
+    src: TrainDevSources,
     out: Path,
     extract: Callable[..., set[str]],
     log: Callable[[str], None] = print,
@@ -125,7 +113,7 @@ def prepare_nlvr2(
     split: ItemSplit[Line] = split_items(
         train,
         dev,
-        src.held_out_pairs,
+        src.held_out,
         src.seed,
         pair_of,
         given="every statement of --dev (--held-out-split dev)",

@@ -23,7 +23,6 @@ held-out image is left out, so no image is on both sides.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from training.datasets.layout import get_layout
 from training.prepare.common import (
     ImageIndex,
     ItemSplit,
+    TrainDevSources,
     count,
     index_images,
     log_split,
@@ -51,18 +51,6 @@ IMAGE_FIELDS = ("Flikr30kID", "Flickr30kID", "Flickr30K_ID")  # the loader reads
 NO_LABEL = "-"  # SNLI's "no majority": kept, with an all-zero target (as the loader reads it)
 NAMING = "name files by their Flickr30k id (3416050480.jpg for Flickr30K_ID 3416050480)"
 Line = dict[str, Any]
-
-
-@dataclass
-class SnliVeSources:
-    train: Path
-    images: Path
-    dev: Path | None = None
-    held_out_split: str | None = None  # "dev": the --dev file is the held-out set
-    held_out_images: int | float | None = None
-    seed: int = 0
-    ids: str = "auto"
-    id_map: Path | None = None
 
 
 def image_of(line: Line) -> str:
@@ -98,7 +86,7 @@ def read_snli_ve(path: Path, flag: str) -> list[Line]:
 
 
 def prepare_snli_ve(
-    src: SnliVeSources,
+    src: TrainDevSources,
     out: Path,
     extract: Callable[..., set[str]],
     log: Callable[[str], None] = print,
@@ -123,7 +111,7 @@ def prepare_snli_ve(
     split: ItemSplit[Line] = split_items(
         train,
         dev,
-        src.held_out_images,
+        src.held_out,
         src.seed,
         image_of,
         given="every hypothesis of --dev (--held-out-split dev)",
