@@ -32,6 +32,7 @@ from training.datasets import LoaderConfig, build_dataset, split_names
 from training.evaluation import evaluate_task, skip_reason, split_status
 from vilbert.checkpoint import Checkpoint, load_checkpoint
 from vilbert.cli import ArgumentParser, fail, run
+from vilbert.config import answer_widths
 from vilbert.io import atomic_write_text, make_dirs
 from vilbert.tasks import TASKS, Task, get_task
 from vilbert.tokenizer import WordPieceTokenizer, load_tokenizer
@@ -121,8 +122,7 @@ def vocabulary_mismatch(ck: Checkpoint, task: Task, ds: object) -> str | None:
     if not task.answer_vocab or not data:
         return None
     ours = ck.answers.get(task.answer_vocab)
-    cfg = ck.model.config
-    width = {"vqa": cfg.num_answers, "gqa": cfg.num_answers_gqa}.get(task.answer_vocab)
+    width = answer_widths(ck.model.config).get(task.answer_vocab)
     if (ours is not None and list(ours) != data) or (ours is None and width != len(data)):
         have = len(ours) if ours is not None else width
         return (

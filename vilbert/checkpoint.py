@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from vilbert.config import ViLBERTConfig
+from vilbert.config import ViLBERTConfig, answer_widths
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.io import (
     atomic_write_dir,
@@ -501,7 +501,7 @@ def save_checkpoint(
     path = Path(path)
     answers = dict(answers or {})
     for name, vocab in answers.items():
-        size = {"vqa": model.config.num_answers, "gqa": model.config.num_answers_gqa}.get(name)
+        size = answer_widths(model.config).get(name)
         if size is not None and len(vocab) > size:
             raise CheckpointError(f"answer vocabulary {name!r} has {len(vocab)} entries; the head has {size}")
 

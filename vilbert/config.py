@@ -242,3 +242,8 @@ def preset(name: str, **overrides: Any) -> ViLBERTConfig:
         raise KeyError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     cfg = PRESETS[name]()
     return dataclasses.replace(cfg, **overrides) if overrides else cfg
+
+
+def answer_widths(cfg: ViLBERTConfig) -> dict[str, int]:
+    """Answer vocabulary name -> the width of the head that answers from it (what its list may hold)."""
+    return {"vqa": cfg.num_answers, "gqa": cfg.num_answers_gqa}

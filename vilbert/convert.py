@@ -26,8 +26,8 @@ from pathlib import Path
 
 from vilbert.checkpoint import CheckpointError, save_checkpoint
 from vilbert.cli import ArgumentParser, UserError, run
-from vilbert.config import ViLBERTConfig, base
-from vilbert.release import ANSWER_FILES, ReleaseError, answer_widths, read_answer_vocabulary
+from vilbert.config import ViLBERTConfig, answer_widths, base
+from vilbert.release import ANSWER_FILES, ReleaseError, read_answer_vocabulary
 from vilbert.safe_pickle import UnsafePickleError
 
 _RULE = "=" * 88

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vilbert.config import ViLBERTConfig
+from vilbert.config import ViLBERTConfig, answer_widths
 
 MODEL_FILE = "multi_task_model.bin"
 DETECTOR_FILE = "detectron_model.pth"
@@ -72,11 +72,6 @@ ANSWER_HEADS = {"vqa": "vil_prediction (VQA, VG QA)", "gqa": "vil_prediction_gqa
 
 class ReleaseError(ValueError):
     """A release file is missing, extra, or not what the model needs; the message names it."""
-
-
-def answer_widths(cfg: ViLBERTConfig) -> dict[str, int]:
-    """Answers each vocabulary must have: the width of the head that reads it."""
-    return {"vqa": cfg.num_answers, "gqa": cfg.num_answers_gqa}
 
 
 # ---------------------------------------------------------------------------------------------
