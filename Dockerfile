@@ -45,7 +45,8 @@ RUN python3.11 -m venv .venv \
 # (bootstrap/layout.py), relative to WORKDIR.  Rendering: onnxruntime (default) or tensorrt; fp32 or
 # fp16.  Triton listens on 127.0.0.1 only; the gateway's tritonclient speaks HTTP, so
 # TWELVE_TRITON_URL is 127.0.0.1:TWELVE_TRITON_HTTP_PORT (set by start.sh).
-ENV TWELVE_CHECKPOINT=runs/demo/model \
+ENV OMP_WAIT_POLICY=PASSIVE \
+    TWELVE_CHECKPOINT=runs/demo/model \
     TWELVE_DETECTOR_WEIGHTS=artifacts/detector/synthetic-detector.safetensors \
     TWELVE_MODEL_REPOSITORY=model_repository \
     TWELVE_EXAMPLES_DIR=artifacts/examples \

@@ -1,1 +1,5 @@
 """bench package."""
+
+from vilbert.threads import fair_share
+
+fair_share()  # before anything imports torch: OpenMP threads wait without spinning (vilbert/threads.py)

@@ -14,7 +14,12 @@ Writes `bench/results/latest.json` and regenerates `docs/performance.md`.  Secti
    under 4 clients (the served demo model published again as the next version);
 7. stage 1 of two-stage search at scale (bench/gallery_index.py): faiss exact / HNSW / IVF over 100K
    pre-filter embeddings (and 1M random ones unless `--quick`): build, size, p50/p95, recall@K;
-8. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
+8. the training step (bench/training_step.py): ours (bf16 autocast where native, fused AdamW) vs the
+   reference's fp32 forward + loss + backward on the same batch and weights, and the bf16 vs fp32 loss
+   curves;
+9. fairness under contention (bench/contention.py): extraction, the training step and served answers
+   alone and beside a busy neighbour, with passive vs spinning OpenMP threads;
+10. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
    onnxruntime TensorRT EP fp16 at batch 1 and 8; without one the section reads "n/a: no CUDA device".
 
 `--quick` runs every section with fewer repetitions and examples (minutes, not tens of minutes).
@@ -58,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--only",
         nargs="*",
         default=None,
-        help="sections to run (machine model accuracy serving retrieval swap gallery_index gpu)",
+        help="sections to run (machine model accuracy serving retrieval swap gallery_index training "
+        "contention gpu)",
     )
     p.add_argument(
         "--merge",
@@ -90,7 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     started = time.perf_counter()
     want = set(
-        args.only or ["machine", "model", "accuracy", "serving", "retrieval", "swap", "gallery_index", "gpu"]
+        args.only
+        or [
+            "machine",
+            "model",
+            "accuracy",
+            "serving",
+            "retrieval",
+            "swap",
+            "gallery_index",
+            "training",
+            "contention",
+            "gpu",
+        ]
     )
     WORK.mkdir(parents=True, exist_ok=True)
     result: dict = {
@@ -146,6 +164,18 @@ def main(argv: list[str] | None = None) -> int:
         result["swap"] = section_swap(args)
     if "gallery_index" in want:
         result["gallery_index"] = section_gallery_index(args)
+    if "training" in want:
+        from bench import training_step
+
+        result["training"] = training_step.measure(
+            args.preset,
+            repeats=3 if args.quick else 5,
+            curve_steps=8 if args.quick else 16,
+            threads=args.threads,
+            log=log,
+        )
+    if "contention" in want:
+        result["contention"] = section_contention(args)
     if "gpu" in want:
         result["gpu"] = section_gpu(args)
     result["machine"]["load_average_end"] = machine.load_average()
@@ -182,6 +212,25 @@ def section_swap(args) -> dict:
     if missing:
         return {"missing": "missing " + ", ".join(missing)}
     return measure(args.repository, args.detector, image, log=log)
+
+
+def section_contention(args) -> dict:
+    from bench import contention
+
+    needed = [args.data, args.detector, args.checkpoint, args.repository]
+    missing = [str(p) for p in needed if not p.exists()]
+    if missing:
+        return {"missing": "missing " + ", ".join(missing)}
+    log("contention: each job alone and beside a busy neighbour, passive vs spinning OpenMP ...")
+    return contention.run(
+        args.data,
+        args.detector,
+        args.checkpoint,
+        args.repository,
+        WORK / "contention",
+        seconds=6.0 if args.quick else 12.0,
+        log=log,
+    )
 
 
 def section_gallery_index(args) -> dict:

@@ -179,6 +179,42 @@ def checks(r: dict) -> list[dict]:
             False,
         )
     )
+    rows.append(
+        (
+            "our training step / the reference's fp32 forward + loss + backward, examples/s (#18: >= 1.5x)",
+            _get(r, "training", "speedup_full_step"),
+            1.5,
+            ".2f",
+            ">=",
+            False,
+        )
+    )
+    curves = _get(r, "training", "loss_curves")
+    rows.append(
+        (
+            "bf16 loss curve's mean distance from fp32 / fp32's own seed-to-seed distance (#18: <= 2)",
+            curves["bf16_vs_fp32"] / curves["fp32_noise"] if curves and curves["fp32_noise"] else None,
+            2.0,
+            ".2f",
+            "<=",
+            False,
+        )
+    )
+    shares = [
+        row["share"]
+        for row in (_get(r, "contention", "rows", "passive") or {}).values()
+        if row.get("share") is not None
+    ]
+    rows.append(
+        (
+            "throughput kept beside a busy neighbour, worst of extraction / training / serving (#18: >= 40%)",
+            min(shares, default=None),
+            0.4,
+            ".0%",
+            ">=",
+            False,
+        )
+    )
     out = [
         {
             "claim": claim,
@@ -276,6 +312,11 @@ def render(r: dict, retrieval_md: str = "") -> str:
     lines += ["", "## Stage 1 at scale: pre-filter search over 100K+ images (faiss)", ""]
     lines += gallery_index_markdown(r.get("gallery_index"))
     lines += ["", "## Replacing the served model under load", "", *swap_markdown(r.get("swap"))]
+    from bench.contention import markdown as contention_markdown
+    from bench.training_step import markdown as training_markdown
+
+    lines += ["", "## The training step", "", *training_markdown(r.get("training"))]
+    lines += ["", "## Fair under contention", "", *contention_markdown(r.get("contention"))]
 
     lines += ["", "## GPU", "", *gpu_markdown(r.get("gpu"))]
     if r.get("notes"):

@@ -4,3 +4,7 @@ Modules: `layout` (where each build output goes; the gateway's default paths, st
 only), `pipeline` (the build steps, each skipped once its output exists, and the serve step: Triton +
 the gateway, or the gateway alone with ``--backend local``).  Importing the package builds nothing.
 """
+
+from vilbert.threads import fair_share
+
+fair_share()  # before anything imports torch: OpenMP threads wait without spinning (vilbert/threads.py)

@@ -12,3 +12,7 @@ Modules, in the order an export runs through them:
 - `export.pipeline`      `run_export`, what `python -m export` calls; `export.report` the parity report
 - `export.check`         `python -m export.check [--fix]`: generated configs vs committed goldens
 """
+
+from vilbert.threads import fair_share
+
+fair_share()  # before anything imports torch: OpenMP threads wait without spinning (vilbert/threads.py)

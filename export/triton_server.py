@@ -50,6 +50,7 @@ from types import TracebackType
 
 from export.versions import CONTROL_HEADER, CONTROL_KEY_ENV, CONTROL_KEY_FILE
 from vilbert.cli import ArgumentParser, run
+from vilbert.threads import fair_share
 
 SITE_PACKAGES_ENV = "TWELVE_IN_ONE_SITE_PACKAGES"  # read by export/triton_model.py
 HOST = "127.0.0.1"
@@ -219,6 +220,7 @@ class TritonServer:
         # One onnxruntime/BLAS thread pool per model instance is set in config.pbtxt; stop OpenMP
         # from spinning a pool per stub on top of it.
         env.setdefault("OMP_NUM_THREADS", "1")
+        fair_share(env)  # and no spinning where a stub does use OpenMP (vilbert/threads.py)
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_file, "wb")  # noqa: SIM115 (the child writes to it for its whole life)
         try:

@@ -9,3 +9,7 @@ extractor's checkpoint format), `inputs` (global-first features and 5-d location
 reference LMDB layout), `train` / `extract` (command lines).
 Importing the package imports nothing heavy; import the module you need.
 """
+
+from vilbert.threads import fair_share
+
+fair_share()  # before anything imports torch: OpenMP threads wait without spinning (vilbert/threads.py)

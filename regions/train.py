@@ -1,6 +1,6 @@
 """Train the `synthetic` detector preset on the synthetic world (CPU, minutes).
 
-    python -m regions.train --data D [--out DIR] [--epochs N]
+    python -m regions.train --data D [--out DIR] [--iterations N | --max-minutes M | --epochs N]
 
 Reads ``D/detector/instances_{train,val}.json`` (COCO instances style, plus per-annotation
 ``attributes`` such as ``{"color": "red", "size": "large"}`` and a top-level ``attribute_names``
@@ -9,7 +9,8 @@ Visual Genome, object classes plus attribute classes: the RPN and Fast R-CNN los
 and one cross-entropy per attribute group on the foreground proposals (class embedding fed the true
 class).  Then it measures on the validation images what the issue asks for: recall of ground-truth
 objects at IoU >= 0.5 within the box budget, class and attribute accuracy on the found ones, and
-draws the boxes on a few images.
+draws the boxes on a few images.  A quality gate (recall, shape, colour and size accuracy; `--min-*`)
+decides whether the weights are written: a missed gate writes metrics.json, no weights, and exits 3.
 
 Writes, each atomically (temp file + rename): ``DIR/synthetic-detector.safetensors``, the preset
 JSON beside it (class and attribute names included), ``DIR/metrics.json`` and ``DIR/val_boxes.png``.
@@ -117,12 +118,36 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 100
     seed: int = 0
-    # Time budget for the training loop: the cosine schedule follows whichever of epochs or time is
-    # further along, so a budget-cut run still ends annealed; it evaluates and saves either way.
-    max_minutes: float | None = 15.0
+    # A fixed number of iterations (the schedule runs over exactly these): the same model on a busy or a
+    # quiet machine.  None: `epochs` of the training images.
+    iterations: int | None = None
+    # Time budget for the training loop (None: none): the cosine schedule follows whichever of the
+    # iterations or time is further along, so a budget-cut run still ends annealed.  How far a budget
+    # gets depends on the machine's load; `iterations` does not.
+    max_minutes: float | None = None
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     eval_images: int | None = None  # cap on validation images (None: all)
     flip: bool = True  # horizontal-flip augmentation (no attribute depends on left/right)
+    gate: QualityGate | None = None  # None: no gate (the weights are written whatever was measured)
+
+
+@dataclass(frozen=True)
+class QualityGate:
+    """What the detector must reach on the validation images before its weights are written.
+
+    The class is the object's shape in the synthetic world; the attribute groups its colour and size.
+    A region feature that misses one of them leaves the questions about it undecidable for ViLBERT.
+    """
+
+    min_recall: float = 0.95  # ground-truth objects with a kept box at IoU >= 0.5
+    min_class_accuracy: float = 0.85  # shape
+    min_attribute_accuracy: float = 0.85  # every attribute group (colour, size)
+
+    def failures(self, m: DetectorMetrics) -> list[str]:
+        checks = [("recall@IoU0.5", m.recall_at_iou50, self.min_recall)]
+        checks.append(("class (shape) accuracy", m.class_accuracy, self.min_class_accuracy))
+        checks += [(f"{g} accuracy", a, self.min_attribute_accuracy) for g, a in m.attribute_accuracy.items()]
+        return [f"{name} {value:.3f} < {floor:.2f}" for name, value, floor in checks if value < floor]
 
 
 @dataclass
@@ -146,6 +171,7 @@ class TrainResult:
     initial_loss: float  # mean total loss over the first tenth of the iterations
     final_loss: float  # mean total loss over the last tenth
     val: DetectorMetrics
+    gate_failures: list[str] | None = None  # None: no gate; []: passed; else what missed (no weights)
 
 
 def _flip(image: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -268,7 +294,8 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     val_images = [decode_file(str(ex.path)).rgb for ex in val_examples]
 
     iters_per_epoch = math.ceil(len(train_examples) / config.batch_size)
-    total_iters = max(1, iters_per_epoch * config.epochs)
+    total_iters = max(1, config.iterations or iters_per_epoch * config.epochs)
+    epochs = math.ceil(total_iters / iters_per_epoch)
     optimizer = torch.optim.AdamW(
         [p for p in detector.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
     )
@@ -295,7 +322,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     bar = tqdm(
         total=total_iters, desc="train synthetic detector", unit="it", disable=not progress, file=sys.stderr
     )
-    for _epoch in range(config.epochs):
+    for _epoch in range(epochs):
         order = list(range(len(train_examples)))
         rng.shuffle(order)
         for b in range(0, len(order), config.batch_size):
@@ -324,7 +351,7 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
                 bar.total = min(total_iters, max(it, round(it * budget_s / max(elapsed, 1e-6))))
             bar.update(1)
             bar.set_postfix(loss=f"{np.mean(step_losses[-50:]):.3f}")
-            if budget_s is not None and elapsed > budget_s:
+            if (budget_s is not None and elapsed > budget_s) or it >= total_iters:
                 stop = True
                 break
         if stop:
@@ -337,7 +364,11 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
     metrics, regions = evaluate(extractor, val_examples, val_images)
 
     out = Path(config.out)
-    weights, preset_json = save_detector(detector, out / WEIGHTS_NAME)
+    failures = config.gate.failures(metrics) if config.gate is not None else None
+    if failures:  # no weights file: a later run (or `make serve`'s skip-if-present) cannot pick it up
+        weights, preset_json = out / WEIGHTS_NAME, out / "(not written)"
+    else:
+        weights, preset_json = save_detector(detector, out / WEIGHTS_NAME)
     tenth = max(1, len(step_losses) // 10)
     result = TrainResult(
         weights=str(weights),
@@ -348,7 +379,9 @@ def train(config: TrainConfig, *, progress: bool = True) -> TrainResult:
         initial_loss=float(np.mean(step_losses[:tenth])) if step_losses else float("nan"),
         final_loss=float(np.mean(step_losses[-tenth:])) if step_losses else float("nan"),
         val=metrics,
+        gate_failures=failures,
     )
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.json", json.dumps(asdict(result), indent=2))
     if val_images:
         buf = io.BytesIO()
@@ -367,12 +400,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--lr", type=float, default=TrainConfig.lr)
     parser.add_argument("--seed", type=int, default=TrainConfig.seed)
-    parser.add_argument(
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument(
+        "--iterations",
+        type=int,
+        help="train exactly this many iterations (the same model on a busy or a quiet machine)",
+    )
+    length.add_argument(
         "--max-minutes",
         type=float,
-        default=TrainConfig.max_minutes,
-        help=f"time budget for the training loop (default {TrainConfig.max_minutes:g}; 0 = none)",
+        help="time budget for the training loop instead (how far it gets depends on the machine's load)",
     )
+    gate = QualityGate()
+    parser.add_argument(
+        "--min-recall", type=float, default=gate.min_recall, help="quality gate: recall@IoU0.5 (%(default)s)"
+    )
+    parser.add_argument(
+        "--min-class-accuracy",
+        type=float,
+        default=gate.min_class_accuracy,
+        help="quality gate: class (shape) accuracy on the found objects (%(default)s)",
+    )
+    parser.add_argument(
+        "--min-attribute-accuracy",
+        type=float,
+        default=gate.min_attribute_accuracy,
+        help="quality gate: every attribute group's accuracy (colour, size) (%(default)s)",
+    )
+    parser.add_argument("--no-gate", action="store_true", help="write the weights whatever was measured")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--eval-images", type=int, default=None, help="cap on validation images")
     parser.add_argument("--no-flip", action="store_true", help="disable horizontal-flip augmentation")
@@ -390,10 +445,14 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        iterations=args.iterations,
         max_minutes=args.max_minutes or None,
         threads=args.threads,
         eval_images=args.eval_images,
         flip=not args.no_flip,
+        gate=None
+        if args.no_gate
+        else QualityGate(args.min_recall, args.min_class_accuracy, args.min_attribute_accuracy),
     )
     result = train(config, progress=not args.quiet)
     v = result.val
@@ -403,9 +462,18 @@ def main(argv: list[str] | None = None) -> int:
         f"val: {v.images} images, {v.gt_objects} objects, recall@IoU0.5 {v.recall_at_iou50:.3f} "
         f"within {v.boxes_per_image:.1f} boxes/image, class accuracy {v.class_accuracy:.3f}, "
         + ", ".join(f"{k} accuracy {a:.3f}" for k, a in v.attribute_accuracy.items())
-        + f"; {1.0 / max(v.seconds_per_image, 1e-9):.1f} images/s\n"
-        f"wrote {result.weights} and {result.preset}"
+        + f"; {1.0 / max(v.seconds_per_image, 1e-9):.1f} images/s"
     )
+    if result.gate_failures:
+        print(
+            f"error: quality gate missed ({'; '.join(result.gate_failures)}); no weights written "
+            f"(metrics in {args.out / 'metrics.json'}). Train longer (--iterations) or lower the gate "
+            "(--min-*, --no-gate).",
+            file=sys.stderr,
+        )
+        return 3
+    gate_note = "" if result.gate_failures is None else "quality gate passed; "
+    print(f"{gate_note}wrote {result.weights} and {result.preset}")
     return 0
 
 

@@ -30,3 +30,7 @@ The gateway only: the build pipeline behind `make serve` is `bootstrap/`, the Tr
 `export.triton_server`, and serving imports neither the training code nor the export-building
 modules (tests/server/test_door.py).  Importing the package builds nothing.
 """
+
+from vilbert.threads import fair_share
+
+fair_share()  # before anything imports torch: OpenMP threads wait without spinning (vilbert/threads.py)

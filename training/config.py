@@ -44,6 +44,9 @@ class ModelSpec:
     # "text_prefix" (the image-free text layers).  Saves CPU time when the text stream is pretrained.
     # "trunk" and "task_heads" (everything but the pre-filter): train only a new pre-filter head.
     freeze: list[str] = field(default_factory=list)
+    # init_checkpoint reads region features of another width than the data's (CC pretrained: 2048-d):
+    # true starts the feature projection afresh (vilbert.heads.with_feature_size); false is an error.
+    reinit_feature_projection: bool = False
 
 
 @dataclass
@@ -99,6 +102,24 @@ class PrefilterSpec:
     only: bool = False
 
 
+class Precision(enum.StrEnum):
+    FP32 = "fp32"
+    BF16 = "bf16"  # bf16 autocast (weights, optimiser state and loss stay fp32)
+    AUTO = "auto"  # bf16 where the hardware has native bf16 matmuls (AVX512-BF16/AMX, or CUDA), else fp32
+
+
+@dataclass
+class ComputeSpec:
+    """How the step runs on the hardware; none of it changes what the model is."""
+
+    precision: Precision = Precision.FP32
+    activation_checkpointing: bool = (
+        False  # recompute each trunk layer in backward: less memory, ~1/3 more compute
+    )
+    fused_optimizer: bool = False  # AdamW(fused=True): one kernel over all parameters (CPU and CUDA)
+    threads: int | None = None  # intra-op threads (torch.set_num_threads); None: torch's default
+
+
 @dataclass
 class CheckpointSpec:
     every_steps: int = 500
@@ -115,6 +136,7 @@ class FitConfig:
     optim: OptimSpec = field(default_factory=OptimSpec)
     prefilter: PrefilterSpec = field(default_factory=PrefilterSpec)
     checkpoint: CheckpointSpec = field(default_factory=CheckpointSpec)
+    compute: ComputeSpec = field(default_factory=ComputeSpec)
     seed: int = 0
     eval_batch_size: int = 64
     tensorboard: bool = True

@@ -26,6 +26,7 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from training.compute import autocast, peak_rss_bytes, resolve_precision
 from training.config import FitConfig, ScheduleKind, TaskTokens
 from training.datasets import LoaderConfig, build_dataset, split_names
 from training.dsg import StopAndGo
@@ -51,7 +52,7 @@ from vilbert.checkpoint import (
 )
 from vilbert.cli import ArgumentParser, run
 from vilbert.config import preset
-from vilbert.heads import MultiTaskViLBERT, with_prefilter
+from vilbert.heads import MultiTaskViLBERT, with_feature_size, with_prefilter
 from vilbert.tasks import TASKS, Endpoint, Head, Task, get_task, tasks_for_endpoint
 from vilbert.tokenizer import load_tokenizer, minilm_dir
 
@@ -140,6 +141,9 @@ class Trainer:
         self.device = torch.device(
             f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
         )
+        if cfg.compute.threads:
+            torch.set_num_threads(cfg.compute.threads)
+        self.precision = resolve_precision(cfg.compute.precision, self.device)
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -161,6 +165,7 @@ class Trainer:
             cfg.optim.weight_decay,
             cfg.optim.eps,
             cfg.optim.betas,
+            fused=cfg.compute.fused_optimizer,
         )
         self.iters = {t.slug: self.streams[t.slug].batches_per_epoch for t in self.tasks}
         self.steps_per_epoch = max(self.iters.values())
@@ -236,10 +241,19 @@ class Trainer:
             self.init_answers, self.init_meta = init.answers, init.meta
             model = apply_plans(init.model, self.head_plans)
             if model.config.v_feature_size != self.feature_dim:
-                raise ValueError(
-                    f"{spec.init_checkpoint} expects {model.config.v_feature_size}-d region "
-                    f"features; the data has {self.feature_dim}-d"
-                )
+                if not spec.reinit_feature_projection:
+                    raise ValueError(
+                        f"{spec.init_checkpoint} expects {model.config.v_feature_size}-d region "
+                        f"features; the data has {self.feature_dim}-d (model.reinit_feature_projection"
+                        "=true starts the region-feature projection afresh)"
+                    )
+                if self.rank == 0:
+                    print(
+                        f"region features: {spec.init_checkpoint} read {model.config.v_feature_size}-d, "
+                        f"the data has {self.feature_dim}-d: the feature projection starts afresh",
+                        file=sys.stderr,
+                    )
+                model = with_feature_size(model, self.feature_dim)
         else:
             overrides = {"v_feature_size": self.feature_dim, **spec.overrides}
             if self.cfg.schedule.task_tokens is TaskTokens.NONE:
@@ -275,6 +289,7 @@ class Trainer:
                         "(word_embeddings, text_prefix, trunk, task_heads)"
                     )
         self.model = model.to(self.device).train()
+        self.model.trunk.activation_checkpointing = self.cfg.compute.activation_checkpointing
         pf = self.cfg.prefilter
         objective = (
             PrefilterObjective(pf.weight, pf.temperature, pf.detach_text, pf.only) if pf.enabled else None
@@ -355,11 +370,13 @@ class Trainer:
             total=self.total_steps, initial=self.step, desc="fit", disable=not (cfg.progress and self.is_main)
         )
         every = cfg.checkpoint.every_steps
+        started = time.time()
         while self.step < self.total_steps:
             it = self.step
             for task in active_tasks(cfg, self.tasks, it, self.steps_per_epoch, self.controllers):
                 batch = remap_task_ids(self.streams[task.slug].next_batch().to(self.device), self.tokens)
-                loss, _ = self.step_module(task, batch)
+                with autocast(self.device, self.precision):
+                    loss, _ = self.step_module(task, batch)
                 (loss * self.scales[task.slug]).backward()
                 if cfg.optim.max_grad_norm:
                     nn.utils.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
@@ -410,9 +427,29 @@ class Trainer:
                     {"loss": self.history.loss, "val": self.history.val, "stopped": self.history.stopped}
                 )
             )
-            from training.plots import plot_dsg
+            from training.plots import plot_dsg, plot_losses
+            from training.report import loss_trend, trend_markdown
 
             plot_dsg(self.history, self.out / "dsg_schedule.png")
+            plot_losses(self.history, self.out / "loss_curves.png")
+            trend = loss_trend(self.history.loss)
+            summary = {
+                "steps": self.step,
+                "seconds": round(time.time() - started, 1),
+                "precision": self.precision.value,
+                "activation_checkpointing": cfg.compute.activation_checkpointing,
+                "fused_optimizer": cfg.compute.fused_optimizer,
+                "parameters": sum(p.numel() for p in self.model.parameters()),
+                "peak_rss_bytes": peak_rss_bytes(),
+                "loss": trend,
+            }
+            (self.out / "run_summary.json").write_text(json.dumps(summary, indent=2))
+            print(
+                f"{self.step} iterations in {summary['seconds']:.0f} s, {self.precision.value}, "
+                f"peak memory {summary['peak_rss_bytes'] / 2**30:.2f} GiB (max RSS)\n"
+                + trend_markdown(trend),
+                file=sys.stderr,
+            )
             if cfg.final_eval:
                 from training.report import final_metrics, metrics_markdown
 

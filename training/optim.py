@@ -36,8 +36,15 @@ def _no_decay(name: str, param: nn.Parameter) -> bool:
 
 
 def build_optimizer(
-    model: nn.Module, lr: float, head_lr: float, weight_decay: float, eps: float, betas: tuple[float, float]
+    model: nn.Module,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    eps: float,
+    betas: tuple[float, float],
+    fused: bool = False,
 ) -> torch.optim.AdamW:
+    """`fused`: one fused kernel per step over all parameters (else the multi-tensor `foreach` path)."""
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -46,7 +53,8 @@ def build_optimizer(
         wd = 0.0 if _no_decay(name, param) else weight_decay
         groups.setdefault((group_lr, wd), []).append(param)
     param_groups = [{"params": p, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), p in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, foreach=True)
+    kernel = {"fused": True} if fused else {"foreach": True}
+    return torch.optim.AdamW(param_groups, lr=lr, betas=betas, eps=eps, **kernel)
 
 
 def warmup_linear(

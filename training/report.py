@@ -125,3 +125,29 @@ def metrics_markdown(rows: dict[str, dict]) -> str:
     if notes:
         lines += ["", "Tasks scored on another split than test:", "", *notes]
     return "\n".join(lines) + "\n"
+
+
+def loss_trend(losses: dict[str, list[tuple[int, float]]], window: float = 0.1) -> dict[str, dict]:
+    """Per task: mean training loss over the first and the last `window` of its batches (at least 3
+    batches each), and whether it fell.  A task's loss is noisy batch to batch; window means are not."""
+    trend = {}
+    for slug, points in sorted(losses.items()):
+        values = [v for _, v in points]
+        n = max(3, int(len(values) * window))
+        if len(values) < 2 * n:
+            trend[slug] = {"batches": len(values), "first": None, "last": None, "fell": None}
+            continue
+        first, last = sum(values[:n]) / n, sum(values[-n:]) / n
+        trend[slug] = {"batches": len(values), "first": first, "last": last, "fell": last < first}
+    return trend
+
+
+def trend_markdown(trend: dict[str, dict]) -> str:
+    lines = ["| task | batches | loss, first 10 % | loss, last 10 % | fell |", "|---|---:|---:|---:|---|"]
+    for slug, t in trend.items():
+        if t["first"] is None:
+            lines.append(f"| {slug} | {t['batches']} | – | – | too few batches |")
+        else:
+            fell = "yes" if t["fell"] else "**no**"
+            lines.append(f"| {slug} | {t['batches']} | {t['first']:.4f} | {t['last']:.4f} | {fell} |")
+    return "\n".join(lines) + "\n"

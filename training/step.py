@@ -66,7 +66,9 @@ def task_logits(
 
 
 def task_loss(task: Task, logits: Tensor, batch: Batch) -> Tensor:
-    """The reference loss of `task` (before the loop's loss scaling)."""
+    """The reference loss of `task` (before the loop's loss scaling), in fp32 whatever the forward's
+    precision (under bf16 autocast the logits arrive in bf16)."""
+    logits = logits.float()
     target = batch.target.to(logits.dtype)
     match task.loss:
         case Loss.BCE_SOFT_SCORES:
@@ -111,6 +113,7 @@ def prefilter_loss(
     )  # (U, D)
     positive = [batch.image_ids[i][0] for i in range(b)]
     target = torch.tensor([unique.index(i) for i in positive], device=rows.device)
+    text, images = text.float(), images.float()
     logits = text @ images.T / objective.temperature
     text_to_image = F.cross_entropy(logits, target)
     same = torch.tensor([[a == c for c in positive] for a in positive], device=rows.device)

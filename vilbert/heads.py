@@ -255,3 +255,19 @@ def with_prefilter(model: MultiTaskViLBERT, dim: int) -> MultiTaskViLBERT:
             f"adding a pre-filter changed other weights: missing {missing}, unexpected {unexpected}"
         )
     return grown
+
+
+def with_feature_size(model: MultiTaskViLBERT, feature_size: int) -> MultiTaskViLBERT:
+    """`model` for `feature_size`-d region features: the layers that read raw region features (the
+    image embedding's projection, and the pre-filter's when present) start afresh; every other weight
+    is copied.  For starting from a checkpoint whose detector had another feature width (the CC
+    pretrained ViLBERT reads 2048-d features; the synthetic world's detector writes 256-d)."""
+    if model.config.v_feature_size == feature_size:
+        return model
+    fresh = ("trunk.image_embeddings.features.", "prefilter.region_features.")
+    resized = MultiTaskViLBERT(dataclasses.replace(model.config, v_feature_size=feature_size))
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith(fresh)}
+    missing, unexpected = resized.load_state_dict(kept, strict=False)
+    if unexpected or any(not k.startswith(fresh) for k in missing):
+        raise ValueError(f"resizing the region features changed other weights: {missing}, {unexpected}")
+    return resized

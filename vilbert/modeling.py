@@ -22,6 +22,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vilbert.config import ViLBERTConfig
 
@@ -261,6 +262,13 @@ class ViLBERTTrunk(nn.Module):
         self.co_layers = nn.ModuleList(CoAttentionLayer(cfg) for _ in range(cfg.num_co_layers))
         self.text_pooler = Pooler(cfg.hidden_size, cfg.bi_hidden_size)
         self.image_pooler = Pooler(cfg.v_hidden_size, cfg.bi_hidden_size)
+        # Training only: keep each layer's input, recompute its activations in backward (less memory).
+        self.activation_checkpointing = False
+
+    def _run(self, layer: nn.Module, *args: Tensor):
+        if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
 
     @staticmethod
     def schedule(cfg: ViLBERTConfig) -> list[tuple[str, int]]:
@@ -293,7 +301,7 @@ class ViLBERTTrunk(nn.Module):
         x, mask = self.text_embeddings(input_ids, token_type_ids, attention_mask, task_ids)
         add = additive_mask(mask, x.dtype)
         for layer in self.text_layers[: self.config.text_prefix_layers]:
-            x = layer(x, add)
+            x = self._run(layer, x, add)
         return TextPrefix(x, mask)
 
     def encode_text_only(
@@ -331,11 +339,11 @@ class ViLBERTTrunk(nn.Module):
         for stream, i in self.schedule(self.config):
             match stream:
                 case "text":
-                    text = self.text_layers[i](text, text_add)
+                    text = self._run(self.text_layers[i], text, text_add)
                 case "image":
-                    image = self.image_layers[i](image, image_add)
+                    image = self._run(self.image_layers[i], image, image_add)
                 case "co":
-                    image, text = self.co_layers[i](image, image_add, text, text_add)
+                    image, text = self._run(self.co_layers[i], image, image_add, text, text_add)
         pooled_text = self.text_pooler(text)
         pooled_image = self.image_pooler(image)
         return TrunkOutput(text, image, pooled_text, pooled_image, pooled_text * pooled_image)

@@ -49,3 +49,44 @@ def test_short_training_reduces_the_loss_and_saves(mini_world: Path, tmp_path: P
     assert regions.features.shape[1] == 256 and regions.num_boxes <= 36
     assert regions.labels()[0] in SHAPES and set(regions.attributes) == {"color", "size"}
     assert np.isfinite(regions.features).all()
+
+
+def test_fixed_iterations_give_the_same_detector_and_ignore_the_epoch_count(
+    mini_world: Path, tmp_path: Path
+) -> None:
+    """`iterations` decides the run's length whatever the epochs or the machine's load: two runs give
+    bit-identical weights (the bootstrap's detector no longer depends on a wall-clock budget)."""
+    from safetensors.torch import load_file
+
+    runs = []
+    for name in ("a", "b"):
+        config = TrainConfig(
+            data=mini_world, out=tmp_path / name, epochs=1, batch_size=5, warmup_iters=2, iterations=5
+        )
+        result = train(config, progress=False)
+        assert result.iterations == 5  # 1 epoch is 2 iterations here: iterations wins
+        runs.append(load_file(tmp_path / name / WEIGHTS_NAME))
+    assert runs[0].keys() == runs[1].keys()
+    for key, value in runs[0].items():
+        assert np.array_equal(value.numpy(), runs[1][key].numpy()), key
+
+
+def test_a_missed_quality_gate_writes_metrics_but_no_weights(mini_world: Path, tmp_path: Path) -> None:
+    from regions.train import QualityGate, main
+
+    impossible = QualityGate(min_recall=1.01, min_class_accuracy=0.0, min_attribute_accuracy=0.0)
+    config = TrainConfig(
+        data=mini_world, out=tmp_path / "det", batch_size=5, warmup_iters=2, iterations=2, gate=impossible
+    )
+    result = train(config, progress=False)
+    assert result.gate_failures and result.gate_failures[0].startswith("recall@IoU0.5")
+    assert not (tmp_path / "det" / WEIGHTS_NAME).exists()
+    metrics = json.loads((tmp_path / "det" / "metrics.json").read_text())
+    assert metrics["gate_failures"] == result.gate_failures
+    # A reachable gate passes and writes the weights; the CLI's exit status says which happened.
+    assert QualityGate(0.0, 0.0, 0.0).failures(result.val) == []
+    argv = ["--data", str(mini_world), "--out", str(tmp_path / "cli"), "--iterations", "2", "--quiet"]
+    assert main([*argv, "--batch-size", "5", "--min-recall", "1.01"]) == 3
+    assert not (tmp_path / "cli" / WEIGHTS_NAME).exists()
+    assert main([*argv, "--batch-size", "5", "--no-gate"]) == 0
+    assert (tmp_path / "cli" / WEIGHTS_NAME).exists()
