@@ -45,7 +45,12 @@ def _comparable(cfg: dict) -> dict:
     skip = {"out", "progress", "tensorboard"}
     if not (cfg.get("prefilter") or {}).get("enabled", False):
         skip.add("prefilter")
-    return {k: v for k, v in cfg.items() if k not in skip}
+    out = {k: v for k, v in cfg.items() if k not in skip}
+    if isinstance(out.get("optim"), dict):  # knobs added later: empty compares equal to a run without them
+        out["optim"] = {
+            k: v for k, v in out["optim"].items() if not (k in ("loss_scale", "head_lr_scale") and not v)
+        }
+    return out
 
 
 def run_variant(config: Path, overrides: list[str], out: Path, reuse: Path | None = None) -> dict[str, dict]:

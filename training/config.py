@@ -81,6 +81,11 @@ class OptimSpec:
     max_grad_norm: float | None = None
     batch_size: dict[str, int] = field(default_factory=dict)  # per-task override of the reference size
     default_batch_size: int | None = None  # every task's batch size when not listed above
+    # Multiplies a task's loss scale (task lr / base lr), e.g. {snli_ve: 30}: that task's share of the
+    # shared trunk's gradient.  Empty: the reference scaling.
+    loss_scale: dict[str, float] = field(default_factory=dict)
+    # Multiplies the head lr for one head's parameters (a `vilbert.tasks.Head` value), e.g. {triple: 20}.
+    head_lr_scale: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass

@@ -157,6 +157,10 @@ class Trainer:
         self._build_data()
         self._build_model()
         self.scales = loss_scales(self.tasks)
+        unknown = sorted(set(cfg.optim.loss_scale) - set(self.scales))
+        if unknown:
+            raise ValueError(f"optim.loss_scale: {unknown} not among the trained tasks {sorted(self.scales)}")
+        self.scales = {k: v * float(cfg.optim.loss_scale.get(k, 1.0)) for k, v in self.scales.items()}
         lr = base_lr(self.tasks, cfg.optim.lr_multiplier)
         self.optimizer = build_optimizer(
             self.model,
@@ -166,6 +170,7 @@ class Trainer:
             cfg.optim.eps,
             cfg.optim.betas,
             fused=cfg.compute.fused_optimizer,
+            head_lr_scale=cfg.optim.head_lr_scale,
         )
         self.iters = {t.slug: self.streams[t.slug].batches_per_epoch for t in self.tasks}
         self.steps_per_epoch = max(self.iters.values())

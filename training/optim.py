@@ -43,13 +43,22 @@ def build_optimizer(
     eps: float,
     betas: tuple[float, float],
     fused: bool = False,
+    head_lr_scale: dict[str, float] | None = None,
 ) -> torch.optim.AdamW:
-    """`fused`: one fused kernel per step over all parameters (else the multi-tensor `foreach` path)."""
+    """`fused`: one fused kernel per step over all parameters (else the multi-tensor `foreach` path).
+    `head_lr_scale`: head name (a `Head` value) -> multiplier of `head_lr` for that head's parameters."""
+    scale = dict(head_lr_scale or {})
+    unknown = sorted(set(scale) - {h.value for h in Head})
+    if unknown:
+        raise ValueError(f"head_lr_scale: unknown head(s) {unknown}; heads: {[h.value for h in Head]}")
     groups: dict[tuple[float, float], list[nn.Parameter]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         group_lr = head_lr if name.startswith(FAST_HEADS) else lr
+        head = name.split(".")[1] if name.startswith("heads.") else None
+        if head in scale:
+            group_lr = head_lr * scale[head]
         wd = 0.0 if _no_decay(name, param) else weight_decay
         groups.setdefault((group_lr, wd), []).append(param)
     param_groups = [{"params": p, "lr": g_lr, "weight_decay": wd} for (g_lr, wd), p in groups.items()]

@@ -149,10 +149,15 @@ def test_torchrun_two_processes_trains_and_rank0_checkpoint_loads(data_root, tmp
         f"tasks={TASKS}",
         "schedule.epochs=2",
         "optim.default_batch_size=2",
+        # base-synthetic.yaml's compute settings, under DDP
+        "compute.precision=bf16",
+        "compute.fused_optimizer=true",
+        "compute.activation_checkpointing=true",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert load_checkpoint(tmp_path / "ddp" / "model").meta["step"] > 0
+    assert json.loads((tmp_path / "ddp" / "run_summary.json").read_text())["precision"] == "bf16"
 
 
 def test_evaluate_cli_writes_a_table_and_json(data_root, tmp_path):

@@ -192,7 +192,20 @@ class RetrievalEvalDataset(_RetrievalBase):
 
     Each item holds one caption paired with up to `retrieval_eval_chunk` images (P pairs), so the
     whole score matrix (captions x images) is filled by running every item once; `meta` says where.
+
+    Captions are listed round-robin over the images (the first caption of every image, then the
+    second of every image, ...), so a capped evaluation (`max_examples` / `final_eval_max_captions`
+    scores the first N captions) spreads over N images instead of taking all five captions of the
+    first N / 5 images.  The full score matrix's recall does not depend on the order.
     """
+
+    def read_entries(self) -> list[CaptionEntry]:
+        entries = super().read_entries()
+        rounds = max((len(c) for c in self.captions_of), default=0)
+        order = [c[j] for j in range(rounds) for c in self.captions_of if j < len(c)]
+        position = {old: new for new, old in enumerate(order)}
+        self.captions_of = [[position[k] for k in c] for c in self.captions_of]
+        return [entries[k] for k in order]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
