@@ -20,7 +20,10 @@ Writes `bench/results/latest.json` and regenerates `docs/performance.md`.  Secti
 9. fairness under contention (bench/contention.py): extraction, the training step and served answers
    alone and beside a busy neighbour, with passive vs spinning OpenMP threads;
 10. on a CUDA device (bench/gpu.py): the trunk in eager PyTorch fp32/fp16 vs onnxruntime CUDA EP fp16 vs
-   onnxruntime TensorRT EP fp16 at batch 1 and 8; without one the section reads "n/a: no CUDA device".
+   onnxruntime TensorRT EP fp16 at batch 1 and 8; without one the section reads "n/a: no CUDA device";
+11. the detector (bench/detector_speed.py): the 12-in-1 detector's FLOPs per part at the served
+   resolution, the FLOP floor at this run's matmul ceiling, and one new image's latency part by part
+   and end to end, today's path vs optimised fp32 (frozen norms folded, parallel RoIAlign).
 
 `--quick` runs every section with fewer repetitions and examples (minutes, not tens of minutes).
 """
@@ -64,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="*",
         default=None,
         help="sections to run (machine model accuracy serving retrieval swap gallery_index training "
-        "contention gpu)",
+        "contention gpu detector)",
     )
     p.add_argument(
         "--merge",
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             "training",
             "contention",
             "gpu",
+            "detector",
         ]
     )
     WORK.mkdir(parents=True, exist_ok=True)
@@ -178,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         result["contention"] = section_contention(args)
     if "gpu" in want:
         result["gpu"] = section_gpu(args)
+    if "detector" in want:
+        result["detector"] = section_detector(args)
+        gc.collect()
     result["machine"]["load_average_end"] = machine.load_average()
     result["seconds"] = round(time.perf_counter() - started, 1)
     if args.merge and args.out.is_file():
@@ -214,6 +221,24 @@ def section_swap(args) -> dict:
     return measure(args.repository, args.detector, image, log=log)
 
 
+def section_detector(args) -> dict:
+    """bench/detector_speed.py on the 12-in-1 detector's architecture (random weights)."""
+    from bench import detector_speed
+
+    log("detector: FLOP floor and new-image latency, today's path vs optimised fp32 ...")
+    try:
+        return detector_speed.measure(
+            "vg-x152-fpn",
+            threads=args.threads,
+            repeats=2 if args.quick else 3,
+            log=log,
+            work=WORK / "detector",
+            ceiling_repeats=5 if args.quick else 9,
+        )
+    except Exception as exc:  # reported, not allowed to lose the other sections
+        return {"error": f"{type(exc).__name__}: {exc}"}
+
+
 def section_contention(args) -> dict:
     from bench import contention
 
@@ -222,15 +247,18 @@ def section_contention(args) -> dict:
     if missing:
         return {"missing": "missing " + ", ".join(missing)}
     log("contention: each job alone and beside a busy neighbour, passive vs spinning OpenMP ...")
-    return contention.run(
-        args.data,
-        args.detector,
-        args.checkpoint,
-        args.repository,
-        WORK / "contention",
-        seconds=6.0 if args.quick else 12.0,
-        log=log,
-    )
+    try:
+        return contention.run(
+            args.data,
+            args.detector,
+            args.checkpoint,
+            args.repository,
+            WORK / "contention",
+            seconds=6.0 if args.quick else 12.0,
+            log=log,
+        )
+    except Exception as exc:  # reported, not allowed to lose the other sections
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def section_gallery_index(args) -> dict:

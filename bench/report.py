@@ -215,6 +215,26 @@ def checks(r: dict) -> list[dict]:
             False,
         )
     )
+    rows.append(
+        (
+            "new-image latency / detector FLOP floor, fp32 (#20: <= 2x)",
+            _get(r, "detector", "over_floor_optimised"),
+            2.0,
+            ".2f",
+            "<=",
+            False,
+        )
+    )
+    rows.append(
+        (
+            "the same on today's path (the detector's own modules, before #20)",
+            _get(r, "detector", "over_floor_today"),
+            2.0,
+            ".2f",
+            "<=",
+            True,
+        )
+    )
     out = [
         {
             "claim": claim,
@@ -286,6 +306,14 @@ def render(r: dict, retrieval_md: str = "") -> str:
         met = "info" if ch.get("info") else {True: "yes", False: "**no**", None: "n/a"}[ch["met"]]
         lines.append(f"| {ch['claim']} | {ch['value'] if ch['value'] is not None else '—'} | {met} |")
     lines += _model_md(r) + _accuracy_md(r) + _study_md(r) + _serving_md(r)
+    from bench.detector_speed import markdown as detector_markdown
+
+    lines += [
+        "",
+        "## The detector: FLOP floor and new-image latency",
+        "",
+        *detector_markdown(r.get("detector")),
+    ]
     ret = r.get("retrieval") or {}
     fallback = _get(r, "serving", "retrieval_fallback")
     if retrieval_md:  # bench/retrieval.py's own section (it carries its heading)

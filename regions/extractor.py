@@ -16,7 +16,9 @@ attribute head and box selection always run here, so both give the same regions.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,15 +30,24 @@ from PIL import Image
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
 
+from regions.backbone import inference_copy
 from regions.decode import DecodedImage
 from regions.detector import RegionDetector, build_detector
 from regions.inputs import RegionInputs, region_inputs
-from regions.presets import DetectorPreset
+from regions.presets import DetectorPreset, NormKind
 from regions.roi_heads import BoxHeadOutputs, box_geometry, box_head_mlp, select_regions
 from regions.rpn import rpn_proposals
 from regions.store import RegionRecord
 from regions.transform import as_rgb_array, preprocess
 from regions.weights import load_detector
+
+# Whether the optimised local compute runs the backbone and RPN head channels-last.  Off: on the
+# 2-core AVX-512 development machine it did not pay (body 10.2 s channels-last vs 9.6 s NCHW, both
+# folded, one thread), and RoIAlign then needs the pyramid back in NCHW (0.27 s);
+# `python -m bench --only detector` times it beside the default.
+CHANNELS_LAST = False
+# Fewer boxes than this are pooled on one thread (the threads would cost more than they save).
+MIN_PARALLEL_BOXES = 64
 
 
 @dataclass
@@ -128,16 +139,60 @@ class DetectorCompute(Protocol):
         ...
 
 
-class LocalDetectorCompute:
-    """The detector's own torch modules, in this process (the arithmetic of `RegionDetector`)."""
+def _weights_signature(*modules: torch.nn.Module) -> tuple[tuple[int, int], ...]:
+    """Where every parameter and buffer lives and its in-place version counter: it changes when the
+    weights are loaded, trained or replaced."""
+    return tuple(
+        (t.data_ptr(), t._version) for m in modules for t in itertools.chain(m.parameters(), m.buffers())
+    )
 
-    def __init__(self, detector: RegionDetector) -> None:
+
+class LocalDetectorCompute:
+    """The detector's own torch modules, in this process (the arithmetic of `RegionDetector`).
+
+    `optimise` (default: on for detectors with frozen batch norms, the imported 12-in-1 kind, whose
+    weights never change here; off for those trained here) runs the backbone and the RPN head as
+    inference copies (`regions.backbone.inference_copy`): each norm folded into its convolution
+    (channels-last too when `CHANNELS_LAST`).  The same arithmetic up to float rounding
+    (tests/regions/test_fold_bn.py).  The copies are made on first use and remade whenever the
+    detector's weights change; they hold a second copy of the backbone's and RPN head's weights
+    (about 0.4 GB for vg-x152-fpn).
+    """
+
+    def __init__(self, detector: RegionDetector, *, optimise: bool | None = None) -> None:
         self.detector = detector
+        frozen = detector.preset.backbone.norm is NormKind.FROZEN_BN
+        self.optimise = frozen if optimise is None else bool(optimise)
+        self._copies: tuple[tuple, torch.nn.Module, torch.nn.Module] | None = None
+
+    def _inference_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
+        det = self.detector
+        signature = _weights_signature(det.backbone, det.rpn.head)
+        if self._copies is None or self._copies[0] != signature:
+            self._copies = None  # the old copies go before the new ones are made
+            backbone = inference_copy(det.backbone, channels_last=CHANNELS_LAST)
+            head = inference_copy(det.rpn.head, fold_bn=False, channels_last=CHANNELS_LAST)
+            self._copies = (signature, backbone, head)
+        return self._copies[1], self._copies[2]
 
     def backbone(self, images: Tensor) -> BackboneOutputs:
-        features = dict(self.detector.backbone(images))
-        logits, deltas = self.detector.rpn.head(list(features.values()))
-        return BackboneOutputs(features, list(logits), list(deltas))
+        if not self.optimise:
+            features = dict(self.detector.backbone(images))
+            logits, deltas = self.detector.rpn.head(list(features.values()))
+            return BackboneOutputs(features, list(logits), list(deltas))
+        backbone, head = self._inference_modules()
+        if not CHANNELS_LAST:
+            features = dict(backbone(images))
+            logits, deltas = head(list(features.values()))
+            return BackboneOutputs(features, list(logits), list(deltas))
+        features = dict(backbone(images.contiguous(memory_format=torch.channels_last)))
+        logits, deltas = head(list(features.values()))
+        # Back to the default layout: RoIAlign and the RPN's flattening read it (as from any compute).
+        return BackboneOutputs(
+            {k: v.contiguous() for k, v in features.items()},
+            [x.contiguous() for x in logits],
+            [x.contiguous() for x in deltas],
+        )
 
     def box_head(self, box_inputs: Tensor) -> BoxHeadOutputs:
         det = self.detector
@@ -151,9 +206,30 @@ def box_inputs(
     features: dict[str, Tensor],
     boxes: list[Tensor],
     image_sizes: list[tuple[int, int]],
+    *,
+    workers: int = 1,
 ) -> Tensor:
-    """What the box head reads: each box RoIAlign-pooled from the pyramid, flattened, [+ its geometry]."""
-    pooled = detector.roi_heads.box_roi_pool(features, boxes, image_sizes)  # (K, C_fpn, r, r)
+    """What the box head reads: each box RoIAlign-pooled from the pyramid, flattened, [+ its geometry].
+
+    torchvision's CPU RoIAlign runs on one thread; `workers` > 1 pools that many slices of each
+    image's boxes at once, in threads (the op releases the GIL).  Each pooled row depends on its own
+    box only (its pyramid level included), so the result is the same to the bit.
+    """
+    pool = detector.roi_heads.box_roi_pool
+    if workers > 1 and sum(len(b) for b in boxes) >= MIN_PARALLEL_BOXES:
+        grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
+        none = [b.new_zeros((0, 4)) for b in boxes]
+
+        def pooled_slice(task: tuple[int, Tensor]) -> Tensor:
+            i, piece = task  # only image i's slice; the others get no boxes (same batch indices, scales)
+            with torch.inference_mode(inference), torch.set_grad_enabled(grad):
+                return pool(features, [*none[:i], piece, *none[i + 1 :]], image_sizes)
+
+        tasks = [(i, piece) for i, b in enumerate(boxes) for piece in b.chunk(workers) if len(piece)]
+        with ThreadPoolExecutor(max_workers=workers) as threads:
+            pooled = torch.cat(list(threads.map(pooled_slice, tasks)))
+    else:
+        pooled = pool(features, boxes, image_sizes)  # (K, C_fpn, r, r)
     x = pooled.flatten(1)
     if detector.preset.box_head.geometry_features:
         x = torch.cat([x, box_geometry(boxes, image_sizes)], dim=1)  # (K, C_fpn*r*r + 6)
@@ -164,17 +240,26 @@ class RegionExtractor:
     """Batched, inference-only region extraction for one detector.
 
     `compute` runs the backbone (+ RPN head) and the box head (default:
-    `LocalDetectorCompute(detector)`); the rest of the detector (proposals, pooling, attribute head,
-    selection) always runs here.
+    `LocalDetectorCompute(detector, optimise=optimise)`); the rest of the detector (proposals,
+    pooling, attribute head, selection) always runs here.  `optimise` (default: detectors with frozen
+    norms) folds the norms into the convolutions (`LocalDetectorCompute`) and pools RoIAlign on
+    `torch.get_num_threads()` threads (`box_inputs`); the same regions up to float rounding.
     """
 
     def __init__(
-        self, detector: RegionDetector, *, batch_size: int = 2, compute: DetectorCompute | None = None
+        self,
+        detector: RegionDetector,
+        *,
+        batch_size: int = 2,
+        compute: DetectorCompute | None = None,
+        optimise: bool | None = None,
     ) -> None:
         self.detector = detector.eval()
         self.preset = detector.preset
         self.batch_size = max(1, int(batch_size))
-        self.compute: DetectorCompute = compute or LocalDetectorCompute(self.detector)
+        frozen = detector.preset.backbone.norm is NormKind.FROZEN_BN
+        self.optimise = frozen if optimise is None else bool(optimise)
+        self.compute: DetectorCompute = compute or LocalDetectorCompute(self.detector, optimise=self.optimise)
 
     @classmethod
     def from_preset(
@@ -268,7 +353,9 @@ class RegionExtractor:
             proposals = rpn_proposals(det.rpn, image_list, features, logits, deltas)
         else:
             proposals = [torch.from_numpy(b) * s for b, s in zip(given, scales)]
-        out = self.compute.box_head(box_inputs(det, features, proposals, image_list.image_sizes))
+        workers = torch.get_num_threads() if self.optimise else 1
+        pooled = box_inputs(det, features, proposals, image_list.image_sizes, workers=workers)
+        out = self.compute.box_head(pooled)
         probs = F.softmax(out.class_logits, dim=-1)
         counts = [len(p) for p in proposals]
         start = 0 if preset.selection.include_background else 1
