@@ -7,6 +7,20 @@ Measured on the 2-core development machine (a 2-thread demo-trunk forward beside
 job): 0.63 forwards/s with the default policy, 10.7 with `OMP_WAIT_POLICY=PASSIVE`; `python -m bench
 --only contention` measures it for extraction, the training step and served answers.
 
+What it costs alone: spinning answers a short wait faster.  Measured with the bench's workers
+(`python -m bench.contention --worker extraction|training ...`, 10 s each, 2026-12-06; "beside" = with a
+second process running demo training steps), by libgomp spin count before a waiting thread sleeps:
+
+| spin count | extraction alone / beside (images/s) | training step alone / beside (steps/s) |
+|---|---|---|
+| 0 (PASSIVE, our default) | 25.0 / 23.4 (94 %) | 2.46 / 1.67 (68 %) |
+| 3,000 | 28.9 / 13.5 (47 %) | 3.03 / 1.31 (43 %) |
+| 30,000 | 33.0 / 3.3 (10 %) | 3.01 / 0.37 (12 %) |
+| 300,000 (libgomp's default) | 31.9 / 0.79 (2 %) | 3.36 / 0.55 (16 %) |
+
+Passive gives up 20-27 % alone to keep 68-94 % beside another job; a machine given to one job can set
+`TWELVE_OMP_SPIN=1` (or `OMP_WAIT_POLICY` / `GOMP_SPINCOUNT` itself).
+
 `fair_share()` sets the policy unless the environment already names one, or `TWELVE_OMP_SPIN=1`
 keeps libgomp's default (a machine given to one job; the bench's comparison row).  libgomp reads it once, when
 torch is first imported, so every entry point (the packages' `__init__`) calls it before importing

@@ -8,6 +8,7 @@ from bench import detector_speed
 from bench.flops import detector_flop_parts, served_image_hw
 from bench.report import checks, render
 from regions.presets import VG_X152_FPN, BlockKind, DetectorPreset
+from tests.bench.minimal import minimal_result
 from tests.regions.conftest import tiny_bottleneck_preset, tiny_synthetic_preset
 
 
@@ -152,21 +153,7 @@ def test_the_per_part_table_renders_and_the_claim_is_judged() -> None:
 
 
 def test_render_includes_the_detector_section() -> None:
-    result = {
-        "command": "python -m bench --only detector",
-        "quick": True,
-        "seconds": 1.0,
-        "machine": {
-            "cpu": "cpu",
-            "cores": 2,
-            "cpu_flags": [],
-            "threads": 2,
-            "load_average_start": (0.0, 0.0, 0.0),
-            "versions": {},
-        },
-        "ceiling": {"n": 1, "torch": {"gflops": 1.0}, "onnxruntime": {"gflops": 1.0}, "ceiling_gflops": 1.0},
-        "detector": _fake_result(),
-    }
+    result = minimal_result("python -m bench --only detector", detector=_fake_result())
     result["checks"] = checks(result)
     text = render(result)
     assert "## The detector: FLOP floor and new-image latency" in text

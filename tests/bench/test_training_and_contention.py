@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from bench import contention, training_step
 from bench.report import checks, render
+from tests.bench.minimal import minimal_result
 
 
 def test_training_step_bench_times_three_rows_and_compares_loss_curves() -> None:
@@ -50,20 +51,7 @@ def test_the_report_judges_speedup_curves_and_the_worst_contention_share() -> No
 
 
 def test_render_says_not_measured_for_absent_sections() -> None:
-    result = {
-        "command": "python -m bench --only machine",
-        "quick": True,
-        "seconds": 1.0,
-        "machine": {
-            "cpu": "cpu",
-            "cores": 2,
-            "cpu_flags": [],
-            "threads": 2,
-            "load_average_start": (0.0, 0.0, 0.0),
-            "versions": {},
-        },
-        "ceiling": {"n": 1, "torch": {"gflops": 1.0}, "onnxruntime": {"gflops": 1.0}, "ceiling_gflops": 1.0},
-    }
+    result = minimal_result("python -m bench --only machine")
     result["checks"] = checks(result)
     text = render(result)
     assert "## The training step" in text and "--only training" in text
