@@ -6,8 +6,6 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 PYTEST_WORKERS ?= 2
-# OpenMP threads sleep when they wait (vilbert/threads.py): a job beside another keeps its share.
-export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: help env test test-fast lint fmt check audit bench serve clean browser
 

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from bootstrap.layout import ROOT, Paths, show
 from vilbert.cli import ArgumentParser
+from vilbert.threads import build_step_env
 
 STAMPS = ROOT / "artifacts" / ".serve"
 # Detector training length, in iterations (the same detector on a busy or a quiet machine): 792
@@ -114,7 +115,8 @@ def build(p: Paths, plan: list[Step] | None = None) -> None:
             print(f"{head}: out of date ({reason}); rebuilding", flush=True)
         print(f"{head}: running\n    $ {' '.join(step.command)}", flush=True)
         start = time.monotonic()
-        code = subprocess.call(step.command, cwd=ROOT)
+        # Build steps run one at a time: a short OpenMP spin, not the passive default (vilbert/threads.py).
+        code = subprocess.call(step.command, cwd=ROOT, env=build_step_env())
         if code != 0:
             print(f"{head}: failed with exit status {code}; rerun the command above to see why", flush=True)
             raise SystemExit(code)

@@ -43,6 +43,20 @@ def test_the_triton_launcher_passes_the_policy_to_its_child():
 
     env: dict[str, str] = {}
     fair_share(env)
-    assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE"
     source = (ROOT / "export" / "triton_server.py").read_text()
     assert "fair_share(env)" in source
+
+
+def test_build_steps_spin_briefly_unless_the_user_chose_a_policy():
+    from vilbert.threads import build_step_env, fair_share
+
+    ours: dict[str, str] = {"PATH": "/bin"}
+    fair_share(ours)  # our passive default
+    step = build_step_env(ours)
+    assert "OMP_WAIT_POLICY" not in step and step["GOMP_SPINCOUNT"] == "3000" and step["PATH"] == "/bin"
+    assert step["TWELVE_OMP_SPIN"] == "1"  # so the step's own fair_share() leaves it alone
+    users = {"OMP_WAIT_POLICY": "ACTIVE"}
+    fair_share(users)
+    assert build_step_env(users) == {"OMP_WAIT_POLICY": "ACTIVE"}
+    assert _policy_after_import("training", None) == "PASSIVE"
