@@ -53,6 +53,7 @@ from vilbert.checkpoint import (
 from vilbert.cli import ArgumentParser, run
 from vilbert.config import preset
 from vilbert.heads import MultiTaskViLBERT, with_feature_size, with_prefilter
+from vilbert.io import atomic_write_text
 from vilbert.tasks import TASKS, Endpoint, Head, Task, get_task, tasks_for_endpoint
 from vilbert.tokenizer import load_tokenizer, minilm_dir
 
@@ -440,7 +441,9 @@ class Trainer:
             trend = loss_trend(self.history.loss)
             summary = {
                 "steps": self.step,
-                "seconds": round(time.time() - started, 1),
+                "seconds": round(
+                    time.time() - started, 1
+                ),  # this process's loop (a resumed run: since resuming)
                 "precision": self.precision.value,
                 "activation_checkpointing": cfg.compute.activation_checkpointing,
                 "fused_optimizer": cfg.compute.fused_optimizer,
@@ -448,7 +451,7 @@ class Trainer:
                 "peak_rss_bytes": peak_rss_bytes(),
                 "loss": trend,
             }
-            (self.out / "run_summary.json").write_text(json.dumps(summary, indent=2))
+            atomic_write_text(self.out / "run_summary.json", json.dumps(summary, indent=2))
             print(
                 f"{self.step} iterations in {summary['seconds']:.0f} s, {self.precision.value}, "
                 f"peak memory {summary['peak_rss_bytes'] / 2**30:.2f} GiB (max RSS)\n"
