@@ -266,7 +266,7 @@ def test_a_repository_knows_when_it_is_stale(tiny_inputs, tiny_export, tmp_path,
 
     # bootstrap's export step reruns a stale repository and skips a current one
     ran = []
-    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: ran.append(cmd) or 0)
+    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd, env: ran.append(cmd) or 0)
     monkeypatch.setattr(bootstrap, "_record_timing", lambda *a: None)
     paths = bootstrap.Paths(checkpoint=tiny_inputs.checkpoint, repository=tiny_export.repository)
     plan = [s for s in bootstrap.steps(paths) if s.stale is not None]
@@ -275,7 +275,7 @@ def test_a_repository_knows_when_it_is_stale(tiny_inputs, tiny_export, tmp_path,
     assert len(ran) == 1 and "export" in ran[0]
     monkeypatch.undo()
     ran.clear()
-    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: ran.append(cmd) or 0)
+    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd, env: ran.append(cmd) or 0)
     monkeypatch.setattr(bootstrap, "steps", lambda p: plan)
     bootstrap.build(paths)
     assert ran == []

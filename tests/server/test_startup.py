@@ -15,6 +15,7 @@ from server.__main__ import parse_settings
 from server.app import create_app
 from server.settings import BackendKind, Settings
 from testkit.tiny_gateway import b64, tiny_detector_preset
+from vilbert.threads import build_step_env
 
 
 def test_settings_from_environment(monkeypatch):
@@ -71,7 +72,10 @@ def test_bootstrap_skips_finished_steps(tmp_path, monkeypatch, capsys):
         step.done.parent.mkdir(parents=True, exist_ok=True)
         step.done.write_text("x")
     calls: list[list[str]] = []
-    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: calls.append(cmd) or 0)
+    envs: list[dict] = []
+    monkeypatch.setattr(
+        bootstrap.subprocess, "call", lambda cmd, cwd, env: calls.append(cmd) or envs.append(env) or 0
+    )
     bootstrap.build(p)
     assert calls == [] and capsys.readouterr().out.count(": ready") == 7
     # Every input training reads is built before it: the retrieval loaders need the negative pools.
@@ -81,6 +85,7 @@ def test_bootstrap_skips_finished_steps(tmp_path, monkeypatch, capsys):
     (p.repository / "active.json").unlink()
     bootstrap.build(p)
     assert len(calls) == 1 and calls[0][1:3] == ["-m", "export"]
+    assert envs == [build_step_env()]  # build steps run alone: the short OpenMP spin (vilbert/threads.py)
 
 
 def test_make_serve_runs_model_calls_concurrently(monkeypatch):
@@ -103,7 +108,7 @@ def test_bootstrap_stops_on_failure(tmp_path, monkeypatch):
         examples=tmp_path / "e",
     )
     monkeypatch.setattr(bootstrap, "ROOT", tmp_path)
-    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd: 3)
+    monkeypatch.setattr(bootstrap.subprocess, "call", lambda cmd, cwd, env: 3)
     with pytest.raises(SystemExit) as e:
         bootstrap.build(p)
     assert e.value.code == 3
