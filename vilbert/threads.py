@@ -37,7 +37,8 @@ FAIR_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 # Set beside the policy when fair_share chose it, so a later step can tell our default from a user's choice.
 DEFAULT_MARK = "TWELVE_OMP_DEFAULT"
 # `make serve`'s build steps run one after another on a machine given to them: a short spin keeps most of
-# the solo speed (table above) and still >= 40 % beside a neighbour; the cold start needs the speed.
+# the solo speed (table above) and 39-48 % beside a neighbour (bench contention): the cold start
+# needs the speed.
 BUILD_STEP_ENV = {"TWELVE_OMP_SPIN": "1", "GOMP_SPINCOUNT": "3000"}
 
 
