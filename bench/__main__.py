@@ -48,7 +48,7 @@ from pathlib import Path
 RESULTS = Path("bench/results/latest.json")
 STUDY_RESULTS = Path("bench/results/int8_study.json")
 DOC = Path("docs/performance.md")
-WORK = Path("artifacts/bench/work")
+WORK = Path("artifacts") / "bench" / "work"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,10 +38,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.artifacts import ROOT as BENCH_ROOT
 from bench.flops import DETECTOR_IMAGE_HW, detector_flop_parts, served_image_hw
 from bench.timing import Timing, interleaved
 
-WORK = Path("artifacts/bench/work/detector")
+WORK = BENCH_ROOT / "work" / "detector"  # relative to the working directory (the checkout)
 
 # Rows of the per-part table, in execution order; which of them carry matrix-product FLOPs.
 PARTS = (
