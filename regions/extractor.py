@@ -139,6 +139,12 @@ class DetectorCompute(Protocol):
         ...
 
 
+def optimised_by_default(detector: RegionDetector) -> bool:
+    """Frozen-norm detectors (the imported 12-in-1 kind, whose weights never change here) extract through
+    the optimised path by default; detectors trained here (batch norms) do not."""
+    return detector.preset.backbone.norm is NormKind.FROZEN_BN
+
+
 def _weights_signature(*modules: torch.nn.Module) -> tuple[tuple[int, int], ...]:
     """Where every parameter and buffer lives and its in-place version counter: it changes when the
     weights are loaded, trained or replaced."""
@@ -161,8 +167,7 @@ class LocalDetectorCompute:
 
     def __init__(self, detector: RegionDetector, *, optimise: bool | None = None) -> None:
         self.detector = detector
-        frozen = detector.preset.backbone.norm is NormKind.FROZEN_BN
-        self.optimise = frozen if optimise is None else bool(optimise)
+        self.optimise = optimised_by_default(detector) if optimise is None else bool(optimise)
         self._copies: tuple[tuple, torch.nn.Module, torch.nn.Module] | None = None
 
     def _inference_modules(self) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -257,8 +262,7 @@ class RegionExtractor:
         self.detector = detector.eval()
         self.preset = detector.preset
         self.batch_size = max(1, int(batch_size))
-        frozen = detector.preset.backbone.norm is NormKind.FROZEN_BN
-        self.optimise = frozen if optimise is None else bool(optimise)
+        self.optimise = optimised_by_default(detector) if optimise is None else bool(optimise)
         self.compute: DetectorCompute = compute or LocalDetectorCompute(self.detector, optimise=self.optimise)
 
     @classmethod
