@@ -122,11 +122,11 @@ def _loop(fn, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def _child(kind: str, policy_env: dict, args, seconds: float, extra: list[str] | None = None):
+def _child(kind: str, policy_env: dict, args, seconds: float):
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | policy_env
     cmd = [sys.executable, "-m", "bench.contention", "--worker", kind, "--seconds", str(seconds)]
     cmd += ["--data", str(args.data), "--detector", str(args.detector), "--work", str(args.work)]
-    cmd += ["--checkpoint", str(args.checkpoint), "--repository", str(args.repository), *(extra or [])]
+    cmd += ["--checkpoint", str(args.checkpoint), "--repository", str(args.repository)]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 

@@ -18,13 +18,14 @@ between the two fp32 curves.
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import torch
-import torch.nn.functional as F
 
 from bench.timing import interleaved
 from training.compute import autocast, cpu_has_native_bf16
 from training.config import Precision
+from training.step import task_loss
 from vilbert.config import preset as make_preset
 from vilbert.heads import MultiTaskViLBERT
 from vilbert.tasks import get_task
@@ -52,11 +53,11 @@ def vqa_batches(cfg, batch: int, count: int, tokens: int = 24, regions: int = 37
 
 
 def vqa_loss(model: MultiTaskViLBERT, b: dict) -> torch.Tensor:
-    """The VQA loss as training/step.py computes it (BCE mean x answers, in fp32)."""
+    """The VQA loss of training/step.py (`task_loss`: BCE mean x answers, in fp32) on one batch."""
+    task = get_task("vqa")
     inputs = {k: v for k, v in b.items() if k != "target"}
-    out = model.trunk(**inputs)
-    logits = model.head_logits(get_task("vqa").head, out, b["region_mask"], 1).float()
-    return F.binary_cross_entropy_with_logits(logits, b["target"]) * logits.shape[1]
+    logits = model.head_logits(task.head, model.trunk(**inputs), b["region_mask"], 1)
+    return task_loss(task, logits, SimpleNamespace(target=b["target"]))
 
 
 def _step(model, b, precision: Precision, optimizer=None) -> float:
